@@ -1,0 +1,3 @@
+from nonllama.cli import app
+
+app()

@@ -1,0 +1,228 @@
+"""The `nonllama` command: one subcommand per stage. Thin: parse options, call the stage, print."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nonllama import __version__
+from nonllama.pipeline.io import StageError, StageRun
+from nonllama.pipeline.records import SourceError
+
+app = typer.Typer(
+    name="nonllama",
+    help="From raw text to a small Llama-style model: "
+    "download -> normalize -> filter -> dedup -> train-tokenizer -> pack -> train -> generate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn the errors a user can fix into one red line and exit code 2, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (StageError, SourceError, ValueError, FileNotFoundError) as e:
+            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: nothing half-written is left; rerun to complete")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"nonllama {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """nonllama: raw text in, a small Llama you trained yourself out."""
+
+
+# --------------------------------------------------------------------------- shared options
+
+WorkdirOpt = Annotated[Path, typer.Option("--workdir", help="Directory holding every stage's output.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Processes to spread shards over.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the stage even if it is up to date.")]
+
+
+def stage_dirs(workdir: Path, previous: str | None, stage: str, input_dir: Path | None, output_dir: Path | None) -> tuple[Path | None, Path]:
+    """-i/-o default to <workdir>/<previous stage> and <workdir>/<stage>."""
+    return (
+        input_dir if input_dir is not None else (workdir / previous if previous else None),
+        output_dir if output_dir is not None else workdir / stage,
+    )
+
+
+def load_stage_config(path: Path | None, section: str) -> dict:
+    """The `[section]` table of a TOML config file (or the whole file if it has no sections)."""
+    if path is None:
+        return {}
+    if not path.exists():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"--config {path}: {e}") from e
+    if section in data and isinstance(data[section], dict):
+        return data[section]
+    if any(isinstance(v, dict) for v in data.values()):
+        return {}  # a pipeline-wide file without a table for this stage
+    return data
+
+
+def print_summary(run: StageRun, stage: str) -> None:
+    m = run.manifest
+    if run.up_to_date:
+        console.print(f"[green]{stage}[/]: up to date ({run.output_dir}); --force to redo")
+        return
+    table = Table(title=f"{stage} -> {run.output_dir}", title_justify="left")
+    table.add_column("source")
+    table.add_column("docs in", justify="right")
+    table.add_column("docs kept", justify="right")
+    table.add_column("chars in", justify="right")
+    table.add_column("chars kept", justify="right")
+    for source, v in m.get("per_source", {}).items():
+        table.add_row(
+            source,
+            f"{v.get('rows_in', 0):,}",
+            f"{v.get('rows_out', 0):,}",
+            f"{v.get('chars_in', 0):,}",
+            f"{v.get('chars_out', 0):,}",
+        )
+    table.add_row(
+        "[bold]total",
+        f"[bold]{m['rows_in']:,}",
+        f"[bold]{m['rows_out']:,}",
+        f"[bold]{m['chars_in']:,}",
+        f"[bold]{m['chars_out']:,}",
+    )
+    console.print(table)
+    if m.get("drop_reasons"):
+        reasons = Table(title="removed", title_justify="left")
+        reasons.add_column("reason")
+        reasons.add_column("docs", justify="right")
+        reasons.add_column("share of input", justify="right")
+        for reason, n in m["drop_reasons"].items():
+            reasons.add_row(reason, f"{n:,}", f"{n / max(m['rows_in'], 1):.2%}")
+        console.print(reasons)
+    where = f" (see {run.output_dir / m['side_dir']})" if m.get("side_dir") else ""
+    if m.get("quarantine") and m.get("quarantined"):
+        where = f" (see {run.output_dir / m['quarantine']})"
+    console.print(
+        f"[green]{stage}[/]: {m['rows_out']:,} of {m['rows_in']:,} documents kept, "
+        f"{m['rows_removed']:,} removed{where}, {m['wall_time_s']:.1f}s"
+    )
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@app.command()
+@friendly_errors
+def download(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Files, directories, globs, hf:OWNER/NAME[:CONFIG][@REVISION], http(s):// URLs, or 'sample'.",
+            show_default=False,
+        ),
+    ],
+    output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory [default: <workdir>/raw].")] = None,
+    workdir: WorkdirOpt = Path("work"),
+    name: Annotated[list[str] | None, typer.Option("--name", help="Source label: once for all sources, or once per source.")] = None,
+    text_field: Annotated[str, typer.Option("--text-field", help="Column/key holding the text.")] = "text",
+    split_on: Annotated[
+        str | None, typer.Option("--split-on", help="Split .txt files into documents: 'blank-line' or a REGEX.")
+    ] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Dataset split for hf: sources (e.g. train).")] = None,
+    max_docs: Annotated[int | None, typer.Option("--max-docs", min=1, help="Stop each source after this many documents.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on the first bad record instead of quarantining it.")] = False,
+    part_rows: Annotated[int, typer.Option("--part-rows", min=1, help="Documents per output part.")] = 50_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the built-in sample corpus.")] = 0,
+    workers: WorkersOpt = 1,
+    force: ForceOpt = False,
+) -> None:
+    """Read SOURCES into Parquet documents (id, text, source, meta); bad records are quarantined."""
+    from nonllama.pipeline.download import DownloadConfig, run_download
+
+    _, out = stage_dirs(workdir, None, "raw", None, output_dir)
+    config = DownloadConfig(
+        sources=list(sources),
+        names=list(name or []),
+        text_field=text_field,
+        split_on=split_on,
+        split=split,
+        max_docs=max_docs,
+        strict=strict,
+        part_rows=part_rows,
+        seed=seed,
+    )
+    run = run_download(config, out, workers=workers, force=force, console=console)
+    print_summary(run, "download")
+
+
+@app.command()
+@friendly_errors
+def normalize(
+    input_dir: Annotated[Path | None, typer.Option("-i", "--input", help="Input directory [default: <workdir>/raw].")] = None,
+    output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory [default: <workdir>/normalized].")] = None,
+    workdir: WorkdirOpt = Path("work"),
+    config_file: Annotated[Path | None, typer.Option("--config", help="TOML file; its [normalize] table sets the rules.")] = None,
+    show_config: Annotated[bool, typer.Option("--show-config", help="Print the effective config as TOML and exit.")] = False,
+    workers: WorkersOpt = 1,
+    force: ForceOpt = False,
+) -> None:
+    """Repair mojibake, NFKC, strip invisible characters, unify whitespace and punctuation."""
+    from nonllama.pipeline.normalize import config_from_dict, config_to_dict, run_normalize
+
+    config = config_from_dict(load_stage_config(config_file, "normalize"))
+    if show_config:
+        print("[normalize]")
+        for key, value in config_to_dict(config).items():
+            print(f"{key} = {_toml_value(value)}")
+        return
+    inp, out = stage_dirs(workdir, "raw", "normalized", input_dir, output_dir)
+    assert inp is not None
+    run = run_normalize(inp, out, config, workers=workers, force=force, console=console)
+    print_summary(run, "normalize")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def run() -> None:  # pragma: no cover - console script entry for `python -m nonllama`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

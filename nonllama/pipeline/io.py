@@ -1,0 +1,582 @@
+"""The stage contract shared by every data stage.
+
+A stage reads the directory of the previous stage and writes its own:
+``part-NNNNN.parquet`` files, a side directory for what it removed, and ``_manifest.json``.
+Everything a later stage could read is written atomically (temporary name, then rename),
+and the manifest is written last, so its presence means the stage finished. A rerun whose
+input digest and config equal the manifest's is a no-op.
+
+This module holds those mechanics: atomic writes, Parquet parts, manifests, the up-to-date
+check, the worker pool with its progress bar, and :func:`run_shard_stage`, the driver of a
+stage that maps each input part to one output part (normalize, filter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import queue
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from nonllama import __version__
+
+MANIFEST_NAME = "_manifest.json"
+PART_GLOB = "part-*.parquet"
+CACHE_DIR_NAME = ".cache"  # survives a rerun: downloads are not fetched twice
+DEFAULT_BATCH_ROWS = 2_000
+DOCUMENT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("meta", pa.string()),
+    ]
+)
+
+
+class StageError(Exception):
+    """A stage cannot run as asked; the CLI prints the message on one line, no traceback."""
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_digest(obj: Any) -> str:
+    """A stable digest of a JSON-able object (keys sorted)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()
+
+
+# --------------------------------------------------------------------------- parquet parts
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def list_parts(directory: Path) -> list[Path]:
+    return sorted(Path(directory).glob(PART_GLOB))
+
+
+class PartWriter:
+    """Writes one Parquet part batch by batch, atomically.
+
+    The file appears under its final name only on :meth:`close`; :meth:`abort` (or an
+    exception inside a ``with`` block) leaves nothing behind. A part that received no rows
+    is still written when ``write_empty`` is set (so outputs map one-to-one onto inputs),
+    otherwise skipped.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema | None = None, write_empty: bool = True):
+        self.path = Path(path)
+        self.schema = schema
+        self.write_empty = write_empty
+        self.rows = 0
+        self.chars = 0
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table | pl.DataFrame) -> None:
+        if isinstance(table, pl.DataFrame):
+            table = table.to_arrow()
+        if self.schema is None:
+            self.schema = table.schema
+        else:
+            table = table.select(self.schema.names).cast(self.schema)
+        if table.num_rows == 0:
+            return
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+        if "text" in table.schema.names:
+            self.chars += text_chars(table.column("text"))
+
+    def close(self) -> Path | None:
+        if self._writer is None:
+            if not self.write_empty or self.schema is None:
+                return None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(self.schema.empty_table(), self._tmp, compression="zstd")
+        else:
+            self._writer.close()
+            self._writer = None
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._tmp.exists():
+            self._tmp.unlink()
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def text_chars(column: pa.ChunkedArray | pa.Array) -> int:
+    """Number of characters (code points) in a string column, nulls counting zero."""
+    import pyarrow.compute as pc
+
+    total = pc.sum(pc.utf8_length(column)).as_py()
+    return int(total or 0)
+
+
+def iter_part_batches(path: Path, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pl.DataFrame]:
+    """Stream a Parquet part as polars DataFrames of at most `batch_rows` rows."""
+    parquet = pq.ParquetFile(path)
+    for batch in parquet.iter_batches(batch_size=batch_rows):
+        yield pl.from_arrow(pa.Table.from_batches([batch]))  # type: ignore[misc]
+
+
+def read_parts(directory: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """Read every part of a finished stage directory (for tests and small outputs)."""
+    parts = list_parts(directory)
+    if not parts:
+        return pl.DataFrame()
+    return pl.concat(
+        [pl.read_parquet(p, columns=list(columns) if columns else None) for p in parts],
+        how="diagonal_relaxed",
+    )
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def read_manifest(directory: Path) -> dict | None:
+    path = Path(directory) / MANIFEST_NAME
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise StageError(f"{path}: corrupt manifest ({e}); rerun the stage with --force") from e
+
+
+def require_finished(directory: Path, produced_by: str) -> dict:
+    """The manifest of a finished input directory, or a StageError saying what to run."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise StageError(f"input directory {directory} does not exist: run `nonllama {produced_by}` first")
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise StageError(
+            f"input directory {directory} has no {MANIFEST_NAME}: `nonllama {produced_by}` "
+            "has not finished there (run it again)"
+        )
+    return manifest
+
+
+def output_digest(parts: Iterable[dict]) -> str:
+    """What a later stage records as its input digest: the content of this stage's parts."""
+    return json_digest([(p["name"], p["sha256"]) for p in parts])
+
+
+def is_up_to_date(output_dir: Path, stage: str, input_digest: str, config: dict) -> bool:
+    manifest = read_manifest(output_dir)
+    return (
+        manifest is not None
+        and manifest.get("stage") == stage
+        and manifest.get("input", {}).get("digest") == input_digest
+        and manifest.get("config") == json.loads(json.dumps(config, default=str))
+    )
+
+
+def reset_output(output_dir: Path) -> None:
+    """Empty an output directory for a fresh run, keeping the download cache.
+
+    The manifest goes first, so that a run killed while cleaning is never taken as finished.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    for child in output_dir.iterdir():
+        if child.name == CACHE_DIR_NAME:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+@dataclass
+class Counts:
+    """Rows and characters in and out of one unit of work, per source and per drop reason."""
+
+    rows_in: int = 0
+    chars_in: int = 0
+    bytes_in: int = 0
+    rows_out: int = 0
+    chars_out: int = 0
+    drop_reasons: Counter = field(default_factory=Counter)
+    per_source: dict[str, Counter] = field(default_factory=dict)
+
+    @property
+    def rows_removed(self) -> int:
+        return sum(self.drop_reasons.values())
+
+    def add_source(self, source: str, **values: int) -> None:
+        self.per_source.setdefault(source, Counter()).update(values)
+
+    def merge(self, other: Counts) -> None:
+        self.rows_in += other.rows_in
+        self.chars_in += other.chars_in
+        self.bytes_in += other.bytes_in
+        self.rows_out += other.rows_out
+        self.chars_out += other.chars_out
+        self.drop_reasons.update(other.drop_reasons)
+        for source, values in other.per_source.items():
+            self.add_source(source, **values)
+
+    def check_balance(self, what: str) -> None:
+        """kept + removed = input, or the stage refuses to finish."""
+        if self.rows_out + self.rows_removed != self.rows_in:
+            raise StageError(
+                f"{what}: accounting error: {self.rows_in} rows in, {self.rows_out} kept, "
+                f"{self.rows_removed} removed"
+            )
+
+
+def write_manifest(
+    output_dir: Path,
+    *,
+    stage: str,
+    config: dict,
+    input_info: dict,
+    counts: Counts,
+    parts: list[dict],
+    side_dir: str | None,
+    side_parts: list[dict] | None = None,
+    started: float,
+    extra: dict | None = None,
+) -> dict:
+    """Write `_manifest.json` last and atomically; return it."""
+    manifest = {
+        "stage": stage,
+        "version": __version__,
+        "config": json.loads(json.dumps(config, default=str)),
+        "input": input_info,
+        "rows_in": counts.rows_in,
+        "chars_in": counts.chars_in,
+        "rows_out": counts.rows_out,
+        "chars_out": counts.chars_out,
+        "rows_removed": counts.rows_removed,
+        "drop_reasons": dict(sorted(counts.drop_reasons.items())),
+        "per_source": {s: dict(v) for s, v in sorted(counts.per_source.items())},
+        "parts": parts,
+        "side_dir": side_dir,
+        "side_parts": side_parts or [],
+        "output_digest": output_digest(parts),
+        "wall_time_s": round(time.time() - started, 3),
+    }
+    if extra:
+        manifest.update(extra)
+    atomic_write_json(Path(output_dir) / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def describe_part(path: Path, rows: int, chars: int) -> dict:
+    return {"name": Path(path).name, "rows": rows, "chars": chars, "sha256": file_sha256(path)}
+
+
+# --------------------------------------------------------------------------- progress + pool
+
+
+class RateColumn(ProgressColumn):
+    """Megabytes of text per second, from the task's `bytes` field."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        done = task.fields.get("bytes", 0)
+        if elapsed <= 0:
+            return Text("-- MB/s", style="progress.data.speed")
+        return Text(f"{done / elapsed / 1e6:6.2f} MB/s", style="progress.data.speed")
+
+
+def make_progress(console: Console | None = None) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("docs"),
+        RateColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=os.environ.get("NONLLAMA_NO_PROGRESS") == "1",
+    )
+
+
+Reporter = Callable[[int, int], None]  # (documents, bytes) done since the last call
+
+
+class _QueueReporter:
+    """Picklable reporter that forwards progress from a worker process to the driver."""
+
+    def __init__(self, q: Any):
+        self.q = q
+
+    def __call__(self, docs: int, nbytes: int) -> None:
+        self.q.put((docs, nbytes))
+
+
+def run_tasks(
+    fn: Callable[..., Any],
+    tasks: Sequence[Any],
+    *,
+    workers: int,
+    description: str,
+    total_docs: int | None,
+    console: Console | None = None,
+) -> list[Any]:
+    """Run ``fn(task, report)`` for every task, in `workers` processes, showing progress.
+
+    Results come back in task order whatever order the workers finish in, so outputs
+    are deterministic. With one worker everything runs in this process.
+    """
+    results: list[Any] = [None] * len(tasks)
+    with make_progress(console) as progress:
+        bar = progress.add_task(description, total=total_docs, bytes=0)
+
+        def advance(docs: int, nbytes: int) -> None:
+            task = progress.tasks[bar]
+            progress.update(bar, advance=docs, bytes=task.fields.get("bytes", 0) + nbytes)
+
+        if workers <= 1 or len(tasks) <= 1:
+            for i, task in enumerate(tasks):
+                results[i] = fn(task, advance)
+            return results
+
+        # spawn, not fork: polars and pyarrow keep thread pools that fork would copy half-locked
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Manager() as manager, ProcessPoolExecutor(
+            max_workers=min(workers, len(tasks)), mp_context=ctx
+        ) as pool:
+            q = manager.Queue()
+            reporter = _QueueReporter(q)
+            pending: dict[Future, int] = {pool.submit(fn, t, reporter): i for i, t in enumerate(tasks)}
+            while pending:
+                done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(q, advance)
+                for fut in done:
+                    results[pending.pop(fut)] = fut.result()
+            _drain(q, advance)
+    return results
+
+
+def _drain(q: Any, advance: Reporter) -> None:
+    while True:
+        try:
+            docs, nbytes = q.get_nowait()
+        except queue.Empty:
+            return
+        advance(docs, nbytes)
+
+
+# --------------------------------------------------------------------------- shard stages
+
+# kept, removed (with a `drop_reason` column and any rule values)
+Transform = Callable[[pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]]
+
+
+@dataclass
+class ShardTask:
+    index: int
+    input_part: Path
+    output_dir: Path
+    side_dir: Path
+    transform: Transform
+    batch_rows: int
+
+
+@dataclass
+class ShardResult:
+    part: dict
+    side_part: dict | None
+    counts: Counts
+
+
+def process_shard(task: ShardTask, report: Reporter) -> ShardResult:
+    """Stream one input part through the transform into one output part (+ side part)."""
+    counts = Counts()
+    name = part_name(task.index)
+    kept_writer = PartWriter(task.output_dir / name)
+    side_writer = PartWriter(task.side_dir / name, write_empty=False)
+    try:
+        for batch in iter_part_batches(task.input_part, task.batch_rows):
+            kept, removed = task.transform(batch)
+            if kept.height + removed.height != batch.height:
+                raise StageError(
+                    f"{task.input_part}: transform returned {kept.height} kept + "
+                    f"{removed.height} removed rows for {batch.height} rows in"
+                )
+            _count_batch(counts, batch, kept, removed)
+            kept_writer.write(kept)
+            side_writer.write(removed)
+            report(batch.height, int(batch["text"].str.len_bytes().sum() or 0))
+        if kept_writer.schema is None:  # an empty input part still gives an output part
+            kept_writer.schema = pq.read_schema(task.input_part)
+        kept_path = kept_writer.close()
+        side_path = side_writer.close()
+    except BaseException:
+        kept_writer.abort()
+        side_writer.abort()
+        raise
+    assert kept_path is not None
+    return ShardResult(
+        part=describe_part(kept_path, kept_writer.rows, kept_writer.chars),
+        side_part=describe_part(side_path, side_writer.rows, side_writer.chars) if side_path else None,
+        counts=counts,
+    )
+
+
+def _count_batch(counts: Counts, batch: pl.DataFrame, kept: pl.DataFrame, removed: pl.DataFrame) -> None:
+    counts.rows_in += batch.height
+    counts.chars_in += int(batch["text"].str.len_chars().sum() or 0)
+    counts.rows_out += kept.height
+    counts.chars_out += int(kept["text"].str.len_chars().sum() or 0)
+    if removed.height:
+        for reason, n in removed.group_by("drop_reason").len().iter_rows():
+            counts.drop_reasons[reason] += n
+    for frame, key in ((batch, "rows_in"), (kept, "rows_out")):
+        if frame.height:
+            for source, n, chars in (
+                frame.group_by("source")
+                .agg(pl.len(), pl.col("text").str.len_chars().sum())
+                .sort("source")
+                .iter_rows()
+            ):
+                counts.add_source(source, **{key: n, key.replace("rows", "chars"): int(chars or 0)})
+
+
+@dataclass
+class StageRun:
+    """What a stage run did: its manifest, and whether it was already up to date."""
+
+    manifest: dict
+    up_to_date: bool
+    output_dir: Path
+
+
+def run_shard_stage(
+    *,
+    stage: str,
+    previous: str,
+    input_dir: Path,
+    output_dir: Path,
+    side_dir_name: str,
+    config: dict,
+    transform: Transform,
+    workers: int = 1,
+    force: bool = False,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    console: Console | None = None,
+) -> StageRun:
+    """Drive a stage that maps input part i to output part i (and side part i).
+
+    `transform` must be picklable (a module-level function or a functools.partial of one)
+    when `workers` > 1.
+    """
+    started = time.time()
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    input_manifest = require_finished(input_dir, previous)
+    digest = input_manifest.get("output_digest") or json_digest(input_manifest)
+    if not force and is_up_to_date(output_dir, stage, digest, config):
+        return StageRun(read_manifest(output_dir) or {}, True, output_dir)
+
+    parts = list_parts(input_dir)
+    reset_output(output_dir)
+    side_dir = output_dir / side_dir_name
+    tasks = [
+        ShardTask(i, p, output_dir, side_dir, transform, batch_rows) for i, p in enumerate(parts)
+    ]
+    results: list[ShardResult] = run_tasks(
+        process_shard,
+        tasks,
+        workers=workers,
+        description=stage,
+        total_docs=input_manifest.get("rows_out"),
+        console=console,
+    )
+    counts = Counts()
+    for r in results:
+        counts.merge(r.counts)
+    counts.check_balance(f"{stage} {input_dir} -> {output_dir}")
+    manifest = write_manifest(
+        output_dir,
+        stage=stage,
+        config=config,
+        input_info={"dir": str(input_dir), "stage": input_manifest.get("stage"), "digest": digest},
+        counts=counts,
+        parts=[r.part for r in results],
+        side_dir=side_dir_name,
+        side_parts=[r.side_part for r in results if r.side_part],
+        started=started,
+    )
+    return StageRun(manifest, False, output_dir)

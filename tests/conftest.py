@@ -1,0 +1,37 @@
+"""Shared fixtures: the real corpora when present, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+os.environ.setdefault("NONLLAMA_NO_PROGRESS", "1")
+
+SHARED_CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+
+
+@pytest.fixture
+def corpora() -> Path:
+    """../shared/corpora, or skip: a user's fresh clone does not have it."""
+    if not SHARED_CORPORA.is_dir():
+        pytest.skip(f"shared corpora not found at {SHARED_CORPORA}")
+    return SHARED_CORPORA
+
+
+@pytest.fixture
+def cli():
+    """Run `nonllama ARGS...` in-process; returns the click Result."""
+    from nonllama.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, expect: int | None = 0):
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        if expect is not None:
+            assert result.exit_code == expect, (result.exit_code, result.output)
+        return result
+
+    return invoke
