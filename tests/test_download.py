@@ -1,0 +1,178 @@
+"""`nonllama download`: every record is accounted for, ids are stable, errors are one line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from nonllama.pipeline.io import MANIFEST_NAME, read_manifest, read_parts
+
+
+def write_jsonl_with_bad_records(path: Path) -> None:
+    lines = [
+        json.dumps({"id": "a", "text": "first good document", "title": "A"}).encode(),
+        b'{"text": "malformed, no closing brace"',
+        json.dumps({"text": "second good document"}).encode(),
+        json.dumps({"body": "no text field"}).encode(),
+        json.dumps({"text": 42}).encode(),
+        b'{"text": "bad bytes \xff\xfe here"}',
+        json.dumps({"text": "third good document"}).encode(),
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+def test_every_record_is_accounted_for_with_quarantine(tmp_path, cli):
+    src = tmp_path / "docs.jsonl"
+    write_jsonl_with_bad_records(src)
+    out = tmp_path / "raw"
+    result = cli("download", src, "-o", out)
+    m = read_manifest(out)
+    assert (m["rows_in"], m["rows_out"], m["rows_removed"]) == (7, 3, 4)
+    assert sum(m["drop_reasons"].values()) == 4
+    assert any("malformed JSON" in r for r in m["drop_reasons"])
+    docs = read_parts(out)
+    assert docs["text"].to_list() == [
+        "first good document",
+        "second good document",
+        "third good document",
+    ]
+    assert docs["source"].unique().to_list() == ["docs"]
+    assert json.loads(docs["meta"][0]) == {"source_id": "a", "title": "A"}
+    quarantined = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert [q["line"] for q in quarantined] == [2, 4, 5, 6]
+    assert all(q["file"].endswith("docs.jsonl") for q in quarantined)
+    assert "quarantine" in result.output and "4" in result.output
+
+
+def test_strict_names_file_and_line(tmp_path, cli):
+    src = tmp_path / "docs.jsonl"
+    write_jsonl_with_bad_records(src)
+    result = cli("download", src, "-o", tmp_path / "raw", "--strict", expect=2)
+    assert "docs.jsonl:2" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "raw" / MANIFEST_NAME).exists()
+
+
+def test_ids_are_stable_and_rerun_is_up_to_date(tmp_path, cli):
+    src = tmp_path / "stories"
+    src.mkdir()
+    (src / "a.txt").write_text("one story\n\nanother story\n\n\nthird story\n")
+    (src / "b.txt.gz").write_bytes(gzip.compress("gz story one\n\ngz story two\n".encode()))
+    out = tmp_path / "raw"
+    cli("download", src, "-o", out, "--split-on", "blank-line")
+    first = read_parts(out)
+    assert first["id"].to_list() == [
+        "stories/a.txt#0",
+        "stories/a.txt#1",
+        "stories/a.txt#2",
+        "stories/b.txt.gz#0",
+        "stories/b.txt.gz#1",
+    ]
+    again = cli("download", src, "-o", out, "--split-on", "blank-line")
+    assert "up to date" in again.output
+    cli("download", src, "-o", out, "--split-on", "blank-line", "--force")
+    assert read_parts(out).equals(first)
+    # a changed option reruns
+    changed = cli("download", src, "-o", out)
+    assert "up to date" not in changed.output
+    assert read_parts(out).height == 2
+
+
+def test_workers_give_identical_parts(tmp_path, cli):
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(5):
+        (src / f"f{i}.jsonl").write_text(
+            "".join(json.dumps({"text": f"doc {i}-{j}"}) + "\n" for j in range(30))
+        )
+    cli("download", src, "-o", tmp_path / "one", "--part-rows", "40")
+    cli("download", src, "-o", tmp_path / "two", "--part-rows", "40", "--workers", "2")
+    one, two = read_manifest(tmp_path / "one"), read_manifest(tmp_path / "two")
+    assert one["parts"] == two["parts"] and len(one["parts"]) == 5
+    assert one["rows_out"] == 150
+
+
+def test_name_and_max_docs(tmp_path, cli):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.csv"
+    a.write_text("".join(json.dumps({"text": f"a{i}"}) + "\n" for i in range(10)))
+    b.write_text("text,lang\nhello,en\nworld,en\n")
+    cli(
+        "download",
+        a,
+        b,
+        "-o",
+        tmp_path / "raw",
+        "--name",
+        "alpha",
+        "--name",
+        "beta",
+        "--max-docs",
+        "4",
+    )
+    docs = read_parts(tmp_path / "raw")
+    assert docs.group_by("source").len().sort("source").rows() == [("alpha", 4), ("beta", 2)]
+    bad = cli(
+        "download",
+        a,
+        b,
+        "-o",
+        tmp_path / "raw2",
+        "--name",
+        "x",
+        "--name",
+        "y",
+        "--name",
+        "z",
+        expect=2,
+    )
+    assert "--name" in bad.output
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [("does/not/exist.jsonl", "does/not/exist.jsonl"), ("ftp://host/file.txt", "unknown scheme")],
+)
+def test_bad_sources_are_one_line_errors(tmp_path, cli, source, message):
+    result = cli("download", source, "-o", tmp_path / "raw", expect=2)
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_sample_has_english_and_chinese(tmp_path, cli):
+    cli("download", "sample", "-o", tmp_path / "raw")
+    docs = read_parts(tmp_path / "raw")
+    assert docs.height >= 300
+    assert {"sample-en", "sample-zh"} <= set(docs["source"].unique())
+    assert docs["id"].n_unique() == docs.height
+
+
+def test_shared_corpora_every_record_accounted(tmp_path, cli, corpora):
+    """The issue's acceptance command, on the real slices."""
+    out = tmp_path / "raw"
+    dump = next((corpora / "enwiki_dump").glob("*.bz2"))
+    cli(
+        "download",
+        corpora / "zhwiki_cmrc2018" / "cmrc2018_contexts.jsonl",
+        corpora / "tinystories_en",
+        dump,
+        "-o",
+        out,
+        "--workers",
+        "2",
+    )
+    m = read_manifest(out)
+    assert m["rows_out"] + m["rows_removed"] == m["rows_in"]
+    per_source = m["per_source"]
+    assert per_source["cmrc2018_contexts"]["rows_in"] == sum(
+        1
+        for line in (corpora / "zhwiki_cmrc2018" / "cmrc2018_contexts.jsonl").open()
+        if line.strip()
+    )
+    assert per_source["tinystories_en"]["rows_out"] == 4  # one document per file without --split-on
+    assert per_source["enwiki-latest-pages-articles1"]["rows_out"] == 106  # redirects skipped
+    docs = read_parts(out)
+    assert docs["id"].n_unique() == docs.height
+    wiki = docs.filter(pl.col("source") == "enwiki-latest-pages-articles1")
+    assert wiki["text"].str.contains(r"\[\[|\{\{").sum() == 0
