@@ -60,7 +60,7 @@ def test_ids_are_stable_and_rerun_is_up_to_date(tmp_path, cli):
     src = tmp_path / "stories"
     src.mkdir()
     (src / "a.txt").write_text("one story\n\nanother story\n\n\nthird story\n")
-    (src / "b.txt.gz").write_bytes(gzip.compress("gz story one\n\ngz story two\n".encode()))
+    (src / "b.txt.gz").write_bytes(gzip.compress(b"gz story one\n\ngz story two\n"))
     out = tmp_path / "raw"
     cli("download", src, "-o", out, "--split-on", "blank-line")
     first = read_parts(out)

@@ -12,17 +12,17 @@ import pytest
 from nonllama.pipeline.io import (
     DOCUMENT_SCHEMA,
     MANIFEST_NAME,
+    Counts,
     PartWriter,
     StageError,
     atomic_write_json,
+    describe_part,
     list_parts,
+    part_name,
     read_parts,
     require_finished,
     run_shard_stage,
     write_manifest,
-    Counts,
-    describe_part,
-    part_name,
 )
 
 

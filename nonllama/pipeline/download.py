@@ -275,7 +275,7 @@ def read_task(task: DownloadTask, report: Reporter) -> TaskOutput:
                 counts.add_source(label, rows_in=1, rows_out=1, chars_in=nchars, chars_out=nchars)
                 unreported_docs += 1
                 unreported_bytes += len(rec.text.encode("utf-8", "surrogatepass"))
-                if len(rows) >= 1000:
+                if len(rows) >= min(1000, task.config.part_rows - (writer.rows if writer else 0)):
                     flush()
                 if unreported_docs >= REPORT_EVERY:
                     report(unreported_docs, unreported_bytes)

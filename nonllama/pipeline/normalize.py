@@ -1,46 +1,143 @@
-"""Text rules of the `normalize` stage: the clean-up pretraining pipelines apply before filtering.
+r"""Text rules of the `normalize` stage: the clean-up pretraining pipelines apply before filtering.
 
-`normalize_texts(batch, config)` takes a batch of documents (a polars Utf8 Series) and returns the
-normalized batch, same length and order; a document that comes out as '' is dropped by the stage
-wrapper (counted as `empty_after_normalize`). Everything is vectorized: polars string expressions
-(Rust `regex` crate: Unicode classes work, lookaround does not) over the whole batch. Python runs
-per string only for ftfy, and only on the documents a vectorized pre-check flags as possible
-mojibake.
+`normalize_texts(batch, config)` takes a batch of documents (a polars Utf8 Series, nulls read as
+'') and returns the normalized batch: same length, order and name. A document that comes out as ''
+is dropped by the stage wrapper (counted as `empty_after_normalize`). Everything is vectorized:
+polars string expressions (Rust `regex` crate: Unicode classes work, lookaround does not) over the
+whole batch. Python runs per string only for ftfy, and only on the documents that a vectorized
+pre-check flags as possible mojibake.
 
-Rules, in the order they run (each one switchable in `NormalizeConfig`)
----------------------------------------------------------------------------
+Rules, in the order they run
+----------------------------
 
-| # | config field        | what it does |
-|---|---------------------|--------------|
-| 1 | `fix_mojibake`      | ftfy `fix_text` with only the *encoding* fixers on (`fix_encoding`, `restore_byte_a0`, `replace_lossy_sequences`, `decode_inconsistent_utf8`, `fix_c1_controls`); no HTML unescaping, no NFC/NFKC, no quote uncurling, no width or ligature fixes, no line-break or control-char handling (the rules below own those). Applied only to documents containing a mojibake marker: a C1 control (U+0080-U+009F) or a UTF-8 lead byte read as Latin-1/cp1252 (`Â`..`ô`) followed by a continuation byte read the same way (U+0080-U+00BF or a cp1252 symbol such as `€ ’ “ – ‡`): catches `donâ€™t`, `Ã©`, and Chinese such as `ä¸\\xadæ–‡` (`中文` read as cp1252). ftfy decides whether a flagged text really is mojibake, so correct French/German/Chinese stays as it is. |
-| 2 | `whitespace` (part 1) | line breaks and space characters are unified first, so every later rule sees `\\n` and ' ': `\\r\\n`, `\\r`, VT, FF, NEL, U+2028, U+2029 -> `\\n`; tab, NBSP, U+1680, U+2000-U+200A, U+202F, U+205F and the ideographic space U+3000 -> ' '. |
-| 3 | `remove_invisible`  | removes ANSI terminal escapes, C0/C1 control characters except `\\t \\n \\r`, all format characters (`\\p{Cf}`: ZWSP, ZWNJ, ZWJ, WJ, soft hyphen, LRM/RLM and bidi embeddings, BOM, invisible operators, tag characters...), private-use characters (`\\p{Co}`) and the noncharacters U+FDD0-U+FDEF, U+FFFE, U+FFFF. Exception: a ZWJ inside an emoji ZWJ sequence (`👨\\u200d👩\\u200d👧`) is kept, so emoji are not broken apart. |
-| 4 | `nfkc`              | NFKC for *width and presentation forms only*, then NFC for everything. Mapped with their NFKC form: full-width ASCII letters, digits and symbols (`ＡＢＣ１２３＋％．` -> `ABC123+%.`), halfwidth katakana and halfwidth CJK punctuation (`ｶﾀｶﾅ｡` -> `カタカナ。`), full-width ¥ £ ¢ ¬ ¦ ₩, Latin ligatures (`ﬁ` -> `fi`), Kangxi radicals (`⼀` -> `一`, a PDF-extraction artefact), mathematical alphanumerics (`𝐁𝐨𝐥𝐝` -> `Bold`), vertical and small presentation forms (`︐ ﹐ ︵`). Deliberately NOT mapped, because full NFKC changes their meaning or is another rule's job: the full-width Chinese punctuation `，！？：；（）` (the punctuation rule decides them by context), the ideographic space (whitespace rule), `…` (quotes/dashes rule), circled/parenthesized numbers `①⑴`, superscripts and subscripts (`10²` must not become `102`), fractions `½`, Roman numerals `Ⅱ`, letterlike symbols `™ ℃ №`, CJK squared/enclosed forms `㎡ ㈱`, `µ`, halfwidth Hangul. NFC also unifies CJK compatibility ideographs (U+F900..) with the unified ones. |
-| 5 | `quotes_dashes`     | Lines without CJK (see "context" below): curly quotes `“ ” „ ‟` -> `"`, `‘ ’ ‚ ‛` -> `'`, ellipsis `…` -> `...`. Lines with CJK: Chinese keeps `“ ” ‘ ’` and `……`; a quote pair is made ASCII only when it is an English pair (nothing CJK inside it or directly around it), an apostrophe between Latin letters becomes `'` (`don’t`), and `…` directly after a Latin letter/digit becomes `...` unless CJK (or another `…`) follows. Unpaired curly quotes in CJK lines stay (a Chinese quotation running over several paragraphs opens each one with `“`). `„ ‟ ‚ ‛` become ASCII everywhere. Dashes, everywhere: hyphens U+2010/U+2011, figure dash U+2012 and minus U+2212 -> `-`; en dash between two letters/digits (ranges, `1990–1995`, `Paris–London`) -> `-`, any other en dash (spaced ` – `, bullets) -> em dash `—`; horizontal bar `―` -> `—` (so `――` becomes the Chinese dash `——`); `--` next to CJK -> `——`, `--` between two letters/digits or surrounded by spaces -> `—` (`---`, `--help`, `<!--` are left alone); `—`, `——`, `———` themselves are kept. |
-| 6 | `punctuation`       | By context, marks `, . ! ? : ; ( )` in ASCII or full-width form. Lines without CJK: full-width `，。！？：；（）` -> ASCII, with a space added after `, . ! ? : ;` when a Latin letter follows directly (`Hello，world！` -> `Hello, world!`). Lines with CJK: full-width marks always stay; an ASCII `, ! ? : ;` directly after a CJK character or a closing CJK mark (`」》）”’…` etc.) becomes full-width unless ASCII punctuation/symbols follow (`中国,美国` -> `中国，美国`, but `网址:http://`, `好!!!`, `中国,"x"` stay); an ASCII `.` there becomes `。` only if no printable ASCII follows (end of line, space, CJK), and not in a leading Chinese-numeral list number (`一.总则` stays); spaces right after a mark converted here are removed (`中国, 美国` -> `中国，美国`). Brackets: a pair `(...)` becomes `（...）` when it contains CJK or a CJK character is directly before/after it; an unpaired `(` before CJK / `)` after CJK becomes full-width. Decimal points (`3.5`), thousands separators (`1,000`), times, URLs, `e.g.` are untouched because they follow a digit or Latin letter. |
-| 7 | `drop_long_lines`   | lines longer than `max_line_chars` characters are emptied. |
-|   | `drop_symbol_lines` | lines made only of punctuation/symbols/marks/spaces with at least one punctuation or symbol (`*****`, `------`, `|---|---|`, `•••`, `＊＊＊`, emoji-only lines) are emptied. A line with any letter, digit or CJK character is kept. An emptied line stays as an empty line, so a separator between two paragraphs turns into a paragraph break (collapsed by the whitespace rule). |
-| 8 | `whitespace` (part 2) | per line: strip leading and trailing spaces (this also removes the `　　` paragraph indent of Chinese text and code indentation: this stage is for prose), collapse runs of spaces to one; per document: collapse 3 or more newlines into one blank line (`\\n\\n`), strip the document. |
+| step | config field          | in one line                                                       |
+|------|-----------------------|-------------------------------------------------------------------|
+| 1    | `fix_mojibake`        | ftfy encoding repair, on flagged documents only                   |
+| 2    | `whitespace` (part 1) | line breaks -> `\n`, tab and Unicode spaces -> ' '                |
+| 3    | `remove_invisible`    | control chars, ANSI escapes, format chars (ZW*, BOM...), private use |
+| 4    | `nfkc`                | NFKC for width/presentation forms only (ＡＢＣ１２３ -> ABC123), NFC |
+| 5    | `quotes_dashes`       | curly quotes / `…` to ASCII except in Chinese; one dash convention |
+| 6    | `punctuation`         | `，。！？：；（）` full-width in Chinese context, ASCII otherwise  |
+| 7    | `drop_long_lines`     | lines over `max_line_chars` characters are emptied                 |
+| 7    | `drop_symbol_lines`   | lines of only symbols/punctuation (`*****`, `|---|`) are emptied   |
+| 8    | `whitespace` (part 2) | strip lines, collapse spaces, at most one blank line, strip doc    |
 
-Context: a *CJK line* is a line (a paragraph) containing a Han character, kana or bopomofo
-(`\\p{Han}\\p{Hiragana}\\p{Katakana}\\p{Bopomofo}`). Hangul is not CJK here: Korean is written
-with ASCII punctuation. In a CJK line, marks decide by their direct neighbours; in a line without
-CJK there is nothing Chinese to protect, so everything takes the ASCII convention.
+Why this order: the encoding must be repaired before anything looks at characters (mojibake of
+`中` contains a soft hyphen that step 3 would delete); line breaks and spaces are unified before
+the context rules so that they see only `\n` and ' ' (and so that a second run sees what the
+first saw: idempotence); invisible characters go before NFKC and before the context rules so that
+a ZWSP does not hide a neighbour; NFKC turns `１２３` into digits before the punctuation rule asks
+"is the previous character a digit?"; quotes are decided before the marks next to them; line
+drops look at the final line, and whitespace cleanup runs last to tidy what the others left.
 
-The rules are idempotent: normalize(normalize(x)) == normalize(x).
+Context. A *CJK line* is a line (a paragraph) containing a Han character, kana or bopomofo
+(`\p{Han}\p{Hiragana}\p{Katakana}\p{Bopomofo}`). Hangul does not count: Korean is written
+with ASCII punctuation. In a line without CJK there is nothing Chinese to protect and everything
+takes the ASCII convention. In a CJK line, each mark is decided by its direct neighbours, and
+full-width marks are never turned into ASCII there (`我用的是iPhone。` and `Windows，Linux和Mac`
+are Chinese sentences).
 
-Internally a few rules use noncharacters U+FDE0/U+FDE1 as temporary markers (Unicode reserves
-noncharacters for exactly this kind of process-internal use); they never appear in the output, and
-input noncharacters are removed (by `remove_invisible`, and always in the U+FDE0-U+FDE1 markers).
+1. `fix_mojibake`. `ftfy.fix_text` with only the encoding fixers on: `fix_encoding`,
+   `restore_byte_a0`, `replace_lossy_sequences`, `decode_inconsistent_utf8`, `fix_c1_controls`.
+   Off: HTML unescaping, terminal escapes, `normalization` (None: no NFC/NFKC), quote uncurling,
+   width and ligature fixes, line breaks, control characters: the other rules own those. Applied
+   only to documents containing a C1 control (U+0080-U+009F) or a UTF-8 lead byte read as
+   Latin-1/cp1252 (`Â`..`ô`) directly followed by a continuation byte read the same way
+   (U+0080-U+00BF or a cp1252 symbol `€ ‚ ƒ „ … † ‡ ˆ ‰ Š ‹ Œ Ž ‘ ’ “ ” • – — ˜ ™ š › œ ž Ÿ`, or
+   U+FFFD). That flags `donâ€™t`, `Ã©tÃ©` and Chinese read as cp1252 or Latin-1 (`ä¸\xadæ–‡`,
+   `ä¸\xadæ\x96\x87` for `中文`). ftfy itself decides whether a flagged text is mojibake, so
+   correct French, German or Chinese is left as it is. One repair is added before ftfy: `â€`
+   followed by something that is not a continuation byte is U+201D `”` whose third byte (0x9D,
+   undefined in cp1252) a decoder dropped; ftfy would read `â€ ` as a dagger `†`.
+
+2. `whitespace`, part 1. `\r\n`, `\r`, VT, FF, NEL, U+2028, U+2029 -> `\n`; tab, NBSP, U+1680,
+   U+2000-U+200A, U+202F, U+205F and the ideographic space U+3000 -> ' '.
+
+3. `remove_invisible`. Removes ANSI terminal escape sequences, C0/C1 control characters except
+   `\t \n \r` (when `whitespace` is on these are already gone), format characters `\p{Cf}`
+   (ZWSP, ZWNJ, ZWJ, word joiner, soft hyphen, LRM/RLM and bidi controls, BOM, invisible
+   operators, tag characters...), private-use characters `\p{Co}` and the noncharacters
+   U+FDD0-U+FDEF, U+FFFE, U+FFFF. Exception: a ZWJ inside an emoji ZWJ sequence
+   (`👨\u200d👩\u200d👧`) stays, so that emoji are not broken apart.
+
+4. `nfkc`. NFKC applied to width and presentation forms only, then NFC on everything. Mapped to
+   their NFKC form: full-width ASCII letters, digits and symbols (`ＡＢＣ１２３` -> `ABC123`,
+   `％＋／－．＝～［］` -> `%+/-.=~[]`), halfwidth katakana and halfwidth CJK punctuation
+   (`ｶﾀｶﾅ｡｢｣` -> `カタカナ。「」`), full-width `￥￡￠` -> `¥£¢`, Latin ligatures (`ﬁ` -> `fi`),
+   Kangxi radicals (`⼀` -> `一`, a PDF-extraction artefact), mathematical alphanumerics (`𝐁𝐨𝐥𝐝`
+   -> `Bold`), vertical and small presentation forms (`︐ ﹐ ︵ ﹑`). Deliberately not mapped,
+   because full NFKC would change their meaning or because another rule owns them: the
+   full-width Chinese punctuation `，！？：；（）` (step 6 decides them by context), the
+   ideographic space (step 2), `…` (step 5), circled and parenthesized numbers `① ⑴`,
+   superscripts and subscripts (NFKC turns `10²` into `102`), fractions `½`, Roman numerals `Ⅱ`,
+   letterlike symbols `™ ℃ №`, squared and enclosed CJK `㎡ ㈱`, `µ`, halfwidth Hangul, and forms
+   whose NFKC starts with a space (`￣`). NFC also maps CJK compatibility ideographs (U+F900...)
+   to the unified ones. The full-width full stop `．` is not Chinese punctuation (Chinese uses
+   `。`): it becomes `.`, People's Daily's `１２．５％` -> `12.5%`.
+
+5. `quotes_dashes`. Lines without CJK: `“ ” „ ‟` -> `"`, `‘ ’ ‚ ‛` -> `'`, `…` -> `...`. CJK lines
+   keep `“ ” ‘ ’` (the Simplified Chinese quotes) and `……`; there only English material becomes
+   ASCII: a quote pair with nothing CJK inside it and no CJK character or CJK mark directly
+   around it; an apostrophe between two Latin letters (`don’t`); a `…` directly after a Latin
+   letter or digit, unless CJK or another `…` follows. Unpaired curly quotes in CJK lines stay (a
+   Chinese quotation running over several paragraphs opens each paragraph with `“`). `„ ‟ ‚ ‛`
+   (not Chinese) become ASCII everywhere. Dashes, everywhere: hyphen U+2010, non-breaking hyphen
+   U+2011, figure dash U+2012 and minus U+2212 -> `-`; en dash between two letters/digits
+   (`1990–1995`, `Paris–London`) or between two numbers with spaces (`2000 – 2005`) -> `-`; every
+   other en dash (` – ` between words, a bullet) -> em dash `—`; horizontal bar `―` -> `—` (so
+   the GBK-era `――` becomes the Chinese dash `——`); `--` next to CJK -> `——`, `--` between two
+   digits (TeX page range `1--17`) -> `-`, between two letters or surrounded by spaces -> `—`
+   (`---`, `--help`, `<!--` are left alone); `—`, `——`, `———` are kept as they are.
+
+6. `punctuation`. Lines without CJK: `，。！？：；（）` -> `,.!?:;()`, with a space added after
+   `, . ! ? : ;` when a Latin letter follows directly (`Hello，world！` -> `Hello, world!`). CJK
+   lines, brackets first: a pair `(...)` (either width) becomes `（...）` when its content starts
+   with CJK and no space precedes it (`他(中文)`, `iPhone(苹果手机)`; but `Beijing (北京) is`
+   keeps ASCII brackets, and `print("你好")` is code), or when a CJK character or closing CJK
+   mark is directly before or after it (`他(Tom)说`); an unpaired `(` before CJK (no bracket after
+   it on the line) and an unpaired `)` after CJK become full-width. Then marks: an ASCII
+   `, ! ? : ;` directly after a CJK character or a closing CJK mark (`」』》）”’…`...) becomes
+   full-width (`中国,美国` -> `中国，美国`) unless ASCII punctuation other than an opening bracket
+   or quote follows (`好!!!`, `网址:/x`, `中国;-1` stay); an ASCII `.` there becomes `。` only
+   when neither printable ASCII nor Han follows (`中国.` at the end, before a space or a quote;
+   `中国.com`, `查尔斯.布里奇曼` stay: between Han a dot is as often a name separator), and not
+   after a leading Chinese-numeral list number (`一. 总则`). Spaces right after a mark converted
+   here are removed (`中国, 美国` -> `中国，美国`). Decimal points (`3.5`), thousands separators
+   (`1,000`), times (`10:30`), URLs and `e.g.` are never touched: they follow a digit or a Latin
+   letter. Nothing else changes: `、「」《》【】·` and ASCII quotes stay as they are.
+
+7. `drop_long_lines`: lines longer than `max_line_chars` characters are emptied.
+   `drop_symbol_lines`: lines made only of punctuation, symbols, marks and spaces, with at least
+   one punctuation or symbol (`*****`, `------`, `|---|---|`, `•••`, `＊＊＊`, `……`, emoji-only
+   lines), are emptied; a line with any letter, digit or CJK character stays. An emptied line
+   remains as an empty line, so a separator between two paragraphs becomes a paragraph break.
+
+8. `whitespace`, part 2. Per line: strip leading and trailing spaces (this removes the `　　`
+   paragraph indent of Chinese text, and code indentation too: this stage is for prose), collapse
+   runs of spaces into one. Per document: 3 or more newlines -> one blank line (`\n\n`), strip.
+
+The rules together are idempotent: normalize(normalize(x)) == normalize(x).
+
+Downstream note: a SentencePiece tokenizer trained with its default `nmt_nfkc` normalization
+would turn the Chinese full-width punctuation kept here back into ASCII; train it with
+`normalization_rule_name="identity"` (this stage has done the normalization).
+
+Internally two noncharacters, U+FDE0 and U+FDE1, serve as temporary markers (Unicode reserves
+noncharacters for process-internal use); they are removed from the input first and never appear
+in the output.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from functools import partial
+from pathlib import Path
 
 import polars as pl
+from rich.console import Console
+
+from nonllama.pipeline.io import StageRun, run_shard_stage
 
 __all__ = ["NormalizeConfig", "config_from_dict", "config_to_dict", "normalize_texts"]
 
@@ -73,7 +170,9 @@ class NormalizeConfig:
                         f"normalize config: 'max_line_chars' must be an int, got {type(value).__name__} {value!r}"
                     )
                 if value < 1:
-                    raise ValueError(f"normalize config: 'max_line_chars' must be >= 1, got {value}")
+                    raise ValueError(
+                        f"normalize config: 'max_line_chars' must be >= 1, got {value}"
+                    )
 
 
 def config_from_dict(d: dict) -> NormalizeConfig:
@@ -115,9 +214,10 @@ _CJK_CLOSERS = (
     r"\x{FF09}\x{201D}\x{2019}\x{2026}"
 )
 _PREV_CTX = _HAN + _CJK_CLOSERS
-_BR_CTX = _HAN + _CJK_CLOSERS + r"\x{3001}\x{3002}\x{FF0C}\x{FF1A}\x{FF1B}\x{FF01}\x{FF1F}"
+_BR_CTX = _HAN + _CJK_CLOSERS  # not the marks: they are decided after the brackets
 _LATIN = r"\p{Latin}"
-_ASCII_PUNCT = r"!-/:-@\[-`{-~"
+# ASCII punctuation after which a mark stays ASCII (runs `!!`, `:/`, `,-1`); not ( [ { " '
+_ASCII_PUNCT = r"!#$%&)*+,\-./:;<=>?@\\\]^_`|}~"
 
 _CJK_LINE = f"[{_HAN}]"
 
@@ -128,6 +228,7 @@ _CP1252_SYMBOLS = (
     r"\x{0161}\x{203A}\x{0153}\x{017E}\x{0178}\x{FFFD}"
 )
 _MOJIBAKE_HINT = rf"[\x{{80}}-\x{{9F}}]|[\x{{C2}}-\x{{F4}}][\x{{80}}-\x{{BF}}{_CP1252_SYMBOLS}]"
+_MOJIBAKE_LOST_RDQUO = rf"\x{{E2}}\x{{20AC}}([^\x{{80}}-\x{{BF}}{_CP1252_SYMBOLS}]|$)"
 
 
 def _ftfy_config():
@@ -249,9 +350,13 @@ _DASH_MAP = {
 _MARK_A = "\ufde0"  # temporary: "this ASCII mark becomes full-width"
 _MARK_E = "\ufde1"  # temporary: "this ellipsis becomes '...'"
 _ALNUM = r"[\p{L}\p{N}]"
+_DASH_HINT = r"[\x{2010}-\x{2015}\x{2212}]|--"
+_QUOTE_HINT = r"[\x{2018}-\x{201F}\x{2026}]"
 
 # --- 6. punctuation
 _ASCII_TO_FW = {_MARK_A + a: fw for fw, a in _FW_PUNCT_TO_ASCII.items() if a in ",.!?:;"}
+_ZH_NUMERALS = "〇一二三四五六七八九十"
+_FW_PUNCT_HINT = "[\uff0c\u3002\uff01\uff1f\uff1a\uff1b\uff08\uff09]"
 _FW_SENTENCE = "[\uff0c\u3002\uff01\uff1f\uff1a\uff1b]"
 
 # --- 7. line drops
@@ -282,6 +387,9 @@ def _fix_mojibake(s: pl.Series) -> pl.Series:
     def fix(sub: pl.Series) -> pl.Series:
         import ftfy
 
+        # `â€` + a byte cp1252 does not define (0x81 0x8D 0x8F 0x90 0x9D) that a decoder dropped:
+        # ftfy reads `â€ ` as a dagger; it almost always was U+201D, the closing double quote
+        sub = _re(sub, _MOJIBAKE_LOST_RDQUO, "\u201d${1}")
         cfg = _ftfy_config()
         return pl.Series(sub.name, [ftfy.fix_text(t, cfg) for t in sub.to_list()], dtype=pl.String)
 
@@ -305,10 +413,12 @@ def _dashes(s: pl.Series) -> pl.Series:
     s = s.str.replace_many(_DASH_MAP)
     for _ in range(2):  # twice: a match consumes the right neighbour (1–2–3)
         s = _re(s, rf"({_ALNUM})\x{{2013}}({_ALNUM})", "${1}-${2}")
+        s = _re(s, r"([0-9] ?)\x{2013}( ?[0-9])", "${1}-${2}")  # spaced number range
     s = s.str.replace_all("\u2013", "\u2014", literal=True)
     s = _re(s, rf"([{_HAN}])--([^-]|$)", "${1}\u2014\u2014${2}")
     s = _re(s, rf"(^|[^-])--([{_HAN}])", "${1}\u2014\u2014${2}")
     for _ in range(2):
+        s = _re(s, r"([0-9])--([0-9])", "${1}-${2}")  # TeX-style range: pages 1--17
         s = _re(s, rf"({_ALNUM})--({_ALNUM})", "${1}\u2014${2}")
     return _re(s, r"(^| )--( |$)", "${1}\u2014${2}")
 
@@ -352,22 +462,27 @@ def _punct_plain(s: pl.Series) -> pl.Series:
 
 def _punct_cjk(s: pl.Series) -> pl.Series:
     """Lines with CJK: ASCII marks in Chinese context to full-width; full-width marks stay."""
-    # tentatively mark every ASCII mark after a CJK character, then take back the exceptions
-    s = _re(s, rf"([{_PREV_CTX}])([,.!?:;])", "${1}" + _MARK_A + "${2}")
-    s = _re(s, rf"{_MARK_A}\.([!-~])", ".${1}")
-    s = _re(s, rf"{_MARK_A}([,!?:;])([{_ASCII_PUNCT}])", "${1}${2}")
-    s = _re(s, rf"^([ ]*[一二三四五六七八九十]{{1,3}}){_MARK_A}\.", "${1}.")
-    s = _re(s, rf"({_MARK_A}[,.!?:;]) +", "${1}")
-    s = s.str.replace_many(_ASCII_TO_FW)
     # brackets: Chinese pairs, then unpaired ones next to CJK
     inner = r"[^()\x{FF08}\x{FF09}]"
     op, cl = r"[(\x{FF08}]", r"[)\x{FF09}]"
-    # (a space before '(' is English typography: `Beijing (北京) is` keeps ASCII brackets)
-    s = _re(s, rf"(^|[^ ]){op}({inner}*[{_HAN}]{inner}*){cl}", "${1}\uff08${2}\uff09")
+    # a pair whose content starts with CJK, unless a space precedes it (English typography:
+    # `Beijing (北京) is`); not just "contains CJK": `print("你好")` is code
+    s = _re(s, rf"(^|[^ ]){op}([{_QCTX}\x{{201C}}\x{{2018}}]{inner}*){cl}", "${1}\uff08${2}\uff09")
     s = _re(s, rf"([{_BR_CTX}]){op}({inner}*){cl}", "${1}\uff08${2}\uff09")
     s = _re(s, rf"{op}({inner}*){cl}([{_BR_CTX}])", "\uff08${1}\uff09${2}")
-    s = _re(s, rf"\(([{_HAN}])", "\uff08${1}")
-    return _re(s, rf"([{_HAN}])\)", "${1}\uff09")
+    # unpaired: a '(' before CJK with no closing bracket after it, a ')' after CJK with no
+    # opening bracket before it
+    s = _re(s, rf"\(([{_HAN}][^()\x{{FF08}}\x{{FF09}}]*)$", "\uff08${1}")
+    s = _re(s, rf"^([^()\x{{FF08}}\x{{FF09}}]*[{_HAN}])\)", "${1}\uff09")
+    # tentatively mark every ASCII mark after a CJK character, then take back the exceptions
+    s = _re(s, rf"([{_PREV_CTX}])([,.!?:;])", "${1}" + _MARK_A + "${2}")
+    # '.' only at a sentence end: not before ASCII (3.5, e.g., .com) nor between Han, where it
+    # is as often a name separator (查尔斯.布里奇曼) as a sloppy full stop
+    s = _re(s, rf"{_MARK_A}\.([!-~{_HAN}])", ".${1}")
+    s = _re(s, rf"{_MARK_A}([,!?:;])([{_ASCII_PUNCT}])", "${1}${2}")
+    s = _re(s, rf"^([ ]*[{_ZH_NUMERALS}]{{1,3}}){_MARK_A}\.", "${1}.")  # 一.总则
+    s = _re(s, rf"({_MARK_A}[,.!?:;]) +", "${1}")
+    return s.str.replace_many(_ASCII_TO_FW)
 
 
 def _by_line_kind(lines: pl.Series, do_quotes: bool, do_punct: bool) -> pl.Series:
@@ -378,11 +493,11 @@ def _by_line_kind(lines: pl.Series, do_quotes: bool, do_punct: bool) -> pl.Serie
     cjk = lines.gather(idx_cjk)
     plain = lines.gather(idx_plain)
     if do_quotes:
-        cjk = _quotes_cjk(cjk)
+        cjk = _on_rows(cjk, cjk.str.contains(_QUOTE_HINT), _quotes_cjk)
         plain = _quotes_plain(plain)
     if do_punct:
-        cjk = _punct_cjk(cjk)
-        plain = _punct_plain(plain)
+        cjk = _on_rows(cjk, cjk.str.contains(r"[,.!?:;()]"), _punct_cjk)
+        plain = _on_rows(plain, plain.str.contains(_FW_PUNCT_HINT), _punct_plain)
     out = lines.clone()
     if len(idx_cjk):
         out.scatter(idx_cjk, cjk)
@@ -424,13 +539,12 @@ def normalize_texts(texts: pl.Series, config: NormalizeConfig) -> pl.Series:
         or config.whitespace
     )
     if line_rules:
-        df = (
-            pl.DataFrame({"doc": pl.int_range(len(s), eager=True), "line": s.str.split("\n")})
-            .explode("line")
-        )
+        df = pl.DataFrame(
+            {"doc": pl.int_range(len(s), eager=True), "line": s.str.split("\n")}
+        ).explode("line")
         lines = df["line"]
         if config.quotes_dashes:
-            lines = _dashes(lines)
+            lines = _on_rows(lines, lines.str.contains(_DASH_HINT), _dashes)
         if config.quotes_dashes or config.punctuation:
             lines = _by_line_kind(lines, config.quotes_dashes, config.punctuation)
         if config.drop_long_lines:
@@ -448,3 +562,45 @@ def normalize_texts(texts: pl.Series, config: NormalizeConfig) -> pl.Series:
     if config.whitespace:
         s = _re(s, r"\n{3,}", "\n\n").str.strip_chars()
     return s.alias(name)
+
+
+# -------------------------------------------------------------------------------------- the stage
+
+STAGE = "normalize"
+EMPTY_REASON = "empty_after_normalize"
+
+
+def normalize_batch(batch: pl.DataFrame, config: NormalizeConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One batch of documents -> (normalized documents kept, documents left empty).
+
+    Removed rows keep their original text, so a person can see what was dropped.
+    """
+    normalized = normalize_texts(batch["text"], config)
+    empty = normalized.str.len_chars() == 0
+    kept = batch.with_columns(normalized.alias("text")).filter(~empty)
+    removed = batch.filter(empty).with_columns(pl.lit(EMPTY_REASON).alias("drop_reason"))
+    return kept, removed
+
+
+def run_normalize(
+    input_dir: Path,
+    output_dir: Path,
+    config: NormalizeConfig,
+    *,
+    workers: int = 1,
+    force: bool = False,
+    console: Console | None = None,
+) -> StageRun:
+    """Normalize every part of `input_dir` (a download output) into `output_dir`."""
+    return run_shard_stage(
+        stage=STAGE,
+        previous="download",
+        input_dir=input_dir,
+        output_dir=output_dir,
+        side_dir_name="removed",
+        config=config_to_dict(config),
+        transform=partial(normalize_batch, config=config),
+        workers=workers,
+        force=force,
+        console=console,
+    )
