@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from fake_hub import fake_hub  # noqa: F401 - a fixture: a local stand-in for the Hugging Face Hub
 from typer.testing import CliRunner
 
 os.environ.setdefault("NONLLAMA_NO_PROGRESS", "1")

@@ -176,3 +176,55 @@ def test_shared_corpora_every_record_accounted(tmp_path, cli, corpora):
     assert docs["id"].n_unique() == docs.height
     wiki = docs.filter(pl.col("source") == "enwiki-latest-pages-articles1")
     assert wiki["text"].str.contains(r"\[\[|\{\{").sum() == 0
+
+
+def hub_parquet(texts: list[str]) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"text": texts, "url": [f"u{i}" for i in range(len(texts))]}), sink)
+    return sink.getvalue()
+
+
+def test_hub_dataset_streams_parquet_and_rerun_fetches_nothing(tmp_path, cli, fake_hub):
+    fake_hub.add_dataset(
+        "org/stories",
+        {
+            "data/train-00000-of-00002.parquet": hub_parquet([f"train a{i}" for i in range(5)]),
+            "data/train-00001-of-00002.parquet": hub_parquet([f"train b{i}" for i in range(5)]),
+            "data/validation-00000-of-00001.parquet": hub_parquet(["val"]),
+        },
+    )
+    out = tmp_path / "raw"
+    cli("download", "hf:org/stories", "--split", "train", "-o", out, "--workers", "2")
+    docs = read_parts(out)
+    assert docs.height == 10 and docs["source"].unique().to_list() == ["stories"]
+    assert docs["id"][0] == "stories/data/train-00000-of-00002.parquet#0"
+    assert json.loads(docs["meta"][0]) == {"url": "u0"}
+    def file_downloads() -> int:
+        return sum(1 for r in fake_hub.log if r["server"] == "cdn" and r["method"] == "GET")
+
+    assert file_downloads() == 2
+    assert "up to date" in cli("download", "hf:org/stories", "--split", "train", "-o", out).output
+    # a forced rerun reads the cached files: nothing is fetched again
+    cli("download", "hf:org/stories", "--split", "train", "-o", out, "--force")
+    assert file_downloads() == 2
+    assert read_parts(out).equals(docs)
+    limited = cli("download", "hf:org/stories", "--split", "train", "-o", tmp_path / "few", "--max-docs", "3")
+    assert read_parts(tmp_path / "few").height == 3, limited.output
+
+
+def test_unknown_hub_dataset_is_a_one_line_error(tmp_path, cli, fake_hub):
+    result = cli("download", "hf:org/missing", "-o", tmp_path / "raw", expect=2)
+    assert "org/missing" in result.output and "Traceback" not in result.output
+
+
+def test_url_source(tmp_path, cli, fake_hub):
+    fake_hub.add_file("docs.jsonl.gz", gzip.compress(b'{"text": "from the web"}\n{"text": "second"}\n'))
+    cli("download", f"{fake_hub.url}/files/docs.jsonl.gz", "-o", tmp_path / "raw")
+    docs = read_parts(tmp_path / "raw")
+    assert docs["text"].to_list() == ["from the web", "second"]
+    assert docs["source"][0] == "docs"

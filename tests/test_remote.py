@@ -3,8 +3,6 @@
 Everything runs against tests/fake_hub.py, a local server speaking the Hub's HTTP API.
 """
 
-# ruff: noqa: F811 - the `fake_hub` fixture is imported, then named as a test parameter
-
 from __future__ import annotations
 
 import io
@@ -12,7 +10,6 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fake_hub import fake_hub  # noqa: F401 - the fixture
 
 from nonllama.pipeline.records import SourceError
 from nonllama.pipeline.remote import (

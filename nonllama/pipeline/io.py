@@ -413,9 +413,11 @@ def run_tasks(
                 results[i] = fn(task, advance)
             return results
 
-        # spawn, not fork: polars and pyarrow keep thread pools that fork would copy half-locked
+        # spawn, not fork: polars and pyarrow keep thread pools that fork would copy half-locked.
+        # Each worker gets one polars thread: the parallelism is the workers, and N workers with
+        # N threads each would fight over the cores.
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Manager() as manager, ProcessPoolExecutor(
+        with _child_env(POLARS_MAX_THREADS="1"), ctx.Manager() as manager, ProcessPoolExecutor(
             max_workers=min(workers, len(tasks)), mp_context=ctx
         ) as pool:
             q = manager.Queue()
@@ -428,6 +430,21 @@ def run_tasks(
                     results[pending.pop(fut)] = fut.result()
             _drain(q, advance)
     return results
+
+
+@contextmanager
+def _child_env(**values: str) -> Iterator[None]:
+    """Set environment variables for the processes started inside the block."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _drain(q: Any, advance: Reporter) -> None:
