@@ -228,3 +228,9 @@ def test_url_source(tmp_path, cli, fake_hub):
     docs = read_parts(tmp_path / "raw")
     assert docs["text"].to_list() == ["from the web", "second"]
     assert docs["source"][0] == "docs"
+
+
+def test_help_lists_the_stages(cli):
+    output = cli("--help").output
+    assert "download" in output and "normalize" in output
+    assert "nonllama" in cli("--version").output
