@@ -137,87 +137,25 @@ def print_summary(run: StageRun, stage: str) -> None:
     )
 
 
-# --------------------------------------------------------------------------- stages
-
-
-@app.command()
-@friendly_errors
-def download(
-    sources: Annotated[
-        list[str],
-        typer.Argument(
-            help="Files, directories, globs, hf:OWNER/NAME[:CONFIG][@REVISION], http(s):// URLs, or 'sample'.",
-            show_default=False,
-        ),
-    ],
-    output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory [default: <workdir>/raw].")] = None,
-    workdir: WorkdirOpt = Path("work"),
-    name: Annotated[list[str] | None, typer.Option("--name", help="Source label: once for all sources, or once per source.")] = None,
-    text_field: Annotated[str, typer.Option("--text-field", help="Column/key holding the text.")] = "text",
-    split_on: Annotated[
-        str | None, typer.Option("--split-on", help="Split .txt files into documents: 'blank-line' or a REGEX.")
-    ] = None,
-    split: Annotated[str | None, typer.Option("--split", help="Dataset split for hf: sources (e.g. train).")] = None,
-    max_docs: Annotated[int | None, typer.Option("--max-docs", min=1, help="Stop each source after this many documents.")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Fail on the first bad record instead of quarantining it.")] = False,
-    part_rows: Annotated[int, typer.Option("--part-rows", min=1, help="Documents per output part.")] = 50_000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the built-in sample corpus.")] = 0,
-    workers: WorkersOpt = 1,
-    force: ForceOpt = False,
-) -> None:
-    """Read SOURCES into Parquet documents (id, text, source, meta); bad records are quarantined."""
-    from nonllama.pipeline.download import DownloadConfig, run_download
-
-    _, out = stage_dirs(workdir, None, "raw", None, output_dir)
-    config = DownloadConfig(
-        sources=list(sources),
-        names=list(name or []),
-        text_field=text_field,
-        split_on=split_on,
-        split=split,
-        max_docs=max_docs,
-        strict=strict,
-        part_rows=part_rows,
-        seed=seed,
-    )
-    run = run_download(config, out, workers=workers, force=force, console=console)
-    print_summary(run, "download")
-
-
-@app.command()
-@friendly_errors
-def normalize(
-    input_dir: Annotated[Path | None, typer.Option("-i", "--input", help="Input directory [default: <workdir>/raw].")] = None,
-    output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory [default: <workdir>/normalized].")] = None,
-    workdir: WorkdirOpt = Path("work"),
-    config_file: Annotated[Path | None, typer.Option("--config", help="TOML file; its [normalize] table sets the rules.")] = None,
-    show_config: Annotated[bool, typer.Option("--show-config", help="Print the effective config as TOML and exit.")] = False,
-    workers: WorkersOpt = 1,
-    force: ForceOpt = False,
-) -> None:
-    """Repair mojibake, NFKC, strip invisible characters, unify whitespace and punctuation."""
-    from nonllama.pipeline.normalize import config_from_dict, config_to_dict, run_normalize
-
-    config = config_from_dict(load_stage_config(config_file, "normalize"))
-    if show_config:
-        print("[normalize]")
-        for key, value in config_to_dict(config).items():
-            print(f"{key} = {_toml_value(value)}")
-        return
-    inp, out = stage_dirs(workdir, "raw", "normalized", input_dir, output_dir)
-    assert inp is not None
-    run = run_normalize(inp, out, config, workers=workers, force=force, console=console)
-    print_summary(run, "normalize")
-
-
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return str(value)
+
+
+def print_config(section: str, values: dict) -> None:
+    """Print a stage's effective config as a TOML table (what --show-config shows)."""
+    print(f"[{section}]")
+    for key, value in values.items():
+        print(f"{key} = {toml_value(value)}")
+
+
+# Each stage's command lives in nonllama/commands/<stage>.py; importing them registers them.
+from nonllama.commands import download, normalize  # noqa: E402,F401
 
 
 def run() -> None:  # pragma: no cover - console script entry for `python -m nonllama`

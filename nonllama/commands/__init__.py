@@ -1,0 +1,1 @@
+"""One module per stage command; each registers itself on `nonllama.cli.app`."""

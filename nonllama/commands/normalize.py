@@ -1,0 +1,45 @@
+"""`nonllama normalize`: options only; the work is in nonllama.pipeline.normalize."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nonllama.cli import (
+    ForceOpt,
+    WorkdirOpt,
+    WorkersOpt,
+    app,
+    console,
+    friendly_errors,
+    load_stage_config,
+    print_config,
+    print_summary,
+    stage_dirs,
+)
+
+
+@app.command()
+@friendly_errors
+def normalize(
+    input_dir: Annotated[Path | None, typer.Option("-i", "--input", help="Input directory [default: <workdir>/raw].")] = None,
+    output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory [default: <workdir>/normalized].")] = None,
+    workdir: WorkdirOpt = Path("work"),
+    config_file: Annotated[Path | None, typer.Option("--config", help="TOML file; its [normalize] table sets the rules.")] = None,
+    show_config: Annotated[bool, typer.Option("--show-config", help="Print the effective config as TOML and exit.")] = False,
+    workers: WorkersOpt = 1,
+    force: ForceOpt = False,
+) -> None:
+    """Repair mojibake, NFKC, strip invisible characters, unify whitespace and punctuation."""
+    from nonllama.pipeline.normalize import config_from_dict, config_to_dict, run_normalize
+
+    config = config_from_dict(load_stage_config(config_file, "normalize"))
+    if show_config:
+        print_config("normalize", config_to_dict(config))
+        return
+    inp, out = stage_dirs(workdir, "raw", "normalized", input_dir, output_dir)
+    assert inp is not None
+    run = run_normalize(inp, out, config, workers=workers, force=force, console=console)
+    print_summary(run, "normalize")
