@@ -46,7 +46,8 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) bench/run.py
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench.run
 
 lint: setup
 	$(PY) -m ruff check nonllama tests bench

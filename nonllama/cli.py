@@ -154,8 +154,18 @@ def print_config(section: str, values: dict) -> None:
         print(f"{key} = {toml_value(value)}")
 
 
-# Each stage's command lives in nonllama/commands/<stage>.py; importing them registers them.
-from nonllama.commands import download, normalize  # noqa: E402,F401
+def _register_commands() -> None:
+    """Each stage's command lives in nonllama/commands/<stage>.py; importing it registers it."""
+    import importlib
+    import pkgutil
+
+    import nonllama.commands
+
+    for module in sorted(pkgutil.iter_modules(nonllama.commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"nonllama.commands.{module.name}")
+
+
+_register_commands()
 
 
 def run() -> None:  # pragma: no cover - console script entry for `python -m nonllama`
