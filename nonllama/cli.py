@@ -131,6 +131,8 @@ def print_summary(run: StageRun, stage: str) -> None:
     where = f" (see {run.output_dir / m['side_dir']})" if m.get("side_dir") else ""
     if m.get("quarantine") and m.get("quarantined"):
         where = f" (see {run.output_dir / m['quarantine']})"
+    for path in m.get("skipped_files", []):
+        console.print(f"[yellow]skipped[/] {path}: no reader for this file type", highlight=False)
     console.print(
         f"[green]{stage}[/]: {m['rows_out']:,} of {m['rows_in']:,} documents kept, "
         f"{m['rows_removed']:,} removed{where}, {m['wall_time_s']:.1f}s"

@@ -234,3 +234,13 @@ def test_help_lists_the_stages(cli):
     output = cli("--help").output
     assert "download" in output and "normalize" in output
     assert "nonllama" in cli("--version").output
+
+
+def test_unsupported_files_in_a_directory_are_reported(tmp_path, cli):
+    src = tmp_path / "mixed"
+    src.mkdir()
+    (src / "a.jsonl").write_text('{"text": "kept"}\n')
+    (src / "page.warc.gz").write_bytes(b"not read")
+    result = cli("download", src, "-o", tmp_path / "raw")
+    assert "page.warc.gz" in result.output
+    assert read_manifest(tmp_path / "raw")["skipped_files"] == [str(src / "page.warc.gz")]

@@ -151,6 +151,21 @@ def resolve_source(spec: str, config: DownloadConfig) -> list[SourceFile]:
     return files
 
 
+def unsupported_files(spec: str, files: list[SourceFile]) -> list[str]:
+    """Files in a directory SOURCE that no reader handles: reported, never dropped silently."""
+    directory = Path(spec)
+    if not directory.is_dir():
+        return []
+    read = {Path(f.location).resolve() for f in files}
+    return sorted(
+        str(p)
+        for p in directory.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+        and p.resolve() not in read
+    )
+
+
 def plan_tasks(config: DownloadConfig, output_dir: Path) -> list[DownloadTask]:
     if not config.sources:
         raise SourceError("no SOURCE given (try `nonllama download sample`)")
@@ -310,6 +325,11 @@ def run_download(
     started = time.time()
     output_dir = Path(output_dir)
     tasks = plan_tasks(config, output_dir)
+    skipped = [
+        path
+        for spec in config.sources
+        for path in unsupported_files(spec, [f for t in tasks for f in t.files])
+    ]
     fingerprints = [[f.fingerprint for f in t.files] for t in tasks]
     digest = json_digest(fingerprints)
     effective = asdict(config)
@@ -351,6 +371,10 @@ def run_download(
         parts=parts,
         side_dir=None,
         started=started,
-        extra={"quarantine": QUARANTINE_NAME, "quarantined": counts.rows_removed},
+        extra={
+            "quarantine": QUARANTINE_NAME,
+            "quarantined": counts.rows_removed,
+            "skipped_files": skipped,
+        },
     )
     return StageRun(manifest, False, output_dir)
