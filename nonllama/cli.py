@@ -121,13 +121,20 @@ def print_summary(run: StageRun, stage: str) -> None:
     )
     console.print(table)
     if m.get("drop_reasons"):
+        by_source = m.get("drop_reasons_per_source", {})
+        shown_sources = list(by_source) if 1 < len(by_source) <= 8 else []
         reasons = Table(title="removed", title_justify="left")
         reasons.add_column("reason")
         reasons.add_column("docs", justify="right")
         reasons.add_column("share of input", justify="right")
+        for source in shown_sources:
+            reasons.add_column(source, justify="right")
         for reason, n in m["drop_reasons"].items():
-            reasons.add_row(reason, f"{n:,}", f"{n / max(m['rows_in'], 1):.2%}")
+            per_source = [f"{by_source[s].get(reason, 0):,}" for s in shown_sources]
+            reasons.add_row(reason, f"{n:,}", f"{n / max(m['rows_in'], 1):.2%}", *per_source)
         console.print(reasons)
+    for key, value in m.get("stage_counts", {}).items():
+        console.print(f"{key.replace('_', ' ')}: {value:,}")
     where = f" (see {run.output_dir / m['side_dir']})" if m.get("side_dir") else ""
     if m.get("quarantine") and m.get("quarantined"):
         where = f" (see {run.output_dir / m['quarantine']})"

@@ -275,6 +275,8 @@ class Counts:
     chars_out: int = 0
     drop_reasons: Counter = field(default_factory=Counter)
     per_source: dict[str, Counter] = field(default_factory=dict)
+    drop_reasons_per_source: dict[str, Counter] = field(default_factory=dict)
+    stage_counts: Counter = field(default_factory=Counter)  # a stage's own counters (lines cut, ...)
 
     @property
     def rows_removed(self) -> int:
@@ -292,6 +294,9 @@ class Counts:
         self.drop_reasons.update(other.drop_reasons)
         for source, values in other.per_source.items():
             self.add_source(source, **values)
+        for source, reasons in other.drop_reasons_per_source.items():
+            self.drop_reasons_per_source.setdefault(source, Counter()).update(reasons)
+        self.stage_counts.update(other.stage_counts)
 
     def check_balance(self, what: str) -> None:
         """kept + removed = input, or the stage refuses to finish."""
@@ -328,6 +333,10 @@ def write_manifest(
         "rows_removed": counts.rows_removed,
         "drop_reasons": dict(sorted(counts.drop_reasons.items())),
         "per_source": {s: dict(v) for s, v in sorted(counts.per_source.items())},
+        "drop_reasons_per_source": {
+            s: dict(sorted(v.items())) for s, v in sorted(counts.drop_reasons_per_source.items())
+        },
+        "stage_counts": dict(sorted(counts.stage_counts.items())),
         "parts": parts,
         "side_dir": side_dir,
         "side_parts": side_parts or [],
@@ -460,6 +469,8 @@ def _drain(q: Any, advance: Reporter) -> None:
 
 # kept, removed (with a `drop_reason` column and any rule values)
 Transform = Callable[[pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]]
+# (batch in, kept, removed) -> a stage's own counters for the manifest, summed over batches
+BatchCounter = Callable[[pl.DataFrame, pl.DataFrame, pl.DataFrame], dict[str, int]]
 
 
 @dataclass
@@ -470,6 +481,7 @@ class ShardTask:
     side_dir: Path
     transform: Transform
     batch_rows: int
+    count_batch: BatchCounter | None = None
 
 
 @dataclass
@@ -494,6 +506,8 @@ def process_shard(task: ShardTask, report: Reporter) -> ShardResult:
                     f"{removed.height} removed rows for {batch.height} rows in"
                 )
             _count_batch(counts, batch, kept, removed)
+            if task.count_batch is not None:
+                counts.stage_counts.update(task.count_batch(batch, kept, removed))
             kept_writer.write(kept)
             side_writer.write(removed)
             report(batch.height, int(batch["text"].str.len_bytes().sum() or 0))
@@ -519,8 +533,9 @@ def _count_batch(counts: Counts, batch: pl.DataFrame, kept: pl.DataFrame, remove
     counts.rows_out += kept.height
     counts.chars_out += int(kept["text"].str.len_chars().sum() or 0)
     if removed.height:
-        for reason, n in removed.group_by("drop_reason").len().iter_rows():
+        for source, reason, n in removed.group_by("source", "drop_reason").len().iter_rows():
             counts.drop_reasons[reason] += n
+            counts.drop_reasons_per_source.setdefault(source, Counter())[reason] += n
     for frame, key in ((batch, "rows_in"), (kept, "rows_out")):
         if frame.height:
             for source, n, chars in (
@@ -554,11 +569,13 @@ def run_shard_stage(
     force: bool = False,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     console: Console | None = None,
+    count_batch: BatchCounter | None = None,
 ) -> StageRun:
     """Drive a stage that maps input part i to output part i (and side part i).
 
-    `transform` must be picklable (a module-level function or a functools.partial of one)
-    when `workers` > 1.
+    `transform` (and `count_batch`, whose counters are summed into the manifest's
+    `stage_counts`) must be picklable (a module-level function or a functools.partial of
+    one) when `workers` > 1.
     """
     started = time.time()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
@@ -571,7 +588,8 @@ def run_shard_stage(
     reset_output(output_dir)
     side_dir = output_dir / side_dir_name
     tasks = [
-        ShardTask(i, p, output_dir, side_dir, transform, batch_rows) for i, p in enumerate(parts)
+        ShardTask(i, p, output_dir, side_dir, transform, batch_rows, count_batch)
+        for i, p in enumerate(parts)
     ]
     results: list[ShardResult] = run_tasks(
         process_shard,
