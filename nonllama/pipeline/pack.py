@@ -1,0 +1,530 @@
+"""`pack`: every document encoded into flat token files that training memory-maps.
+
+`run_pack(input_dir, tokenizer_dir, output_dir, config)` is the stage. It writes
+
+- ``train.bin``, ``val.bin``: the tokens of each document followed by EOS (id 2), back to back,
+  uint16 when the vocabulary fits in 65,536 ids, else uint32 (nanoGPT / llama2.c convention);
+- ``index.parquet``: one row per document occurrence: ``id``, ``source``, ``split``,
+  ``offset`` (its first token in that split's file), ``length`` (its tokens, EOS not counted:
+  the EOS sits at offset + length) and ``copy`` (0, 1, ... when mixing repeats a document);
+- ``_manifest.json``: dtype, vocab size, the tokenizer's sha256, token counts per split and per
+  source (EOS included: what is on disk), the mix asked for and the shares that resulted.
+
+How. Workers (one task per input part) encode batches with SentencePiece (C++, one thread per
+worker) and write each part's tokens, EOS appended, to a temporary shard file, plus a small
+index (id, source, length, two hash numbers). The driver then decides splits and mixing from
+the indexes and concatenates the shards in part order, so the output is the same bytes whatever
+the number of workers.
+
+Splits. A document is in val when a hash of its id (xxh64, seed 0x5EED + `seed`) is below
+`val_fraction`; when no document is, the one with the smallest hash is. Stable across reruns
+and independent of the mix, so a document in val is never in train.
+
+Mixing. `mix` maps every source to a weight; weights are normalized to shares of the training
+tokens. With T the training tokens without mixing and T_s a source's, the source is repeated
+r_s = share_s * T / T_s times: floor(r_s) copies of every document plus one more copy of the
+documents whose second hash is below frac(r_s). The training set keeps about T tokens, a
+source's share lands near what was asked (document granularity), and the manifest records the
+shares that resulted. The val split is never mixed: its loss stays comparable across mixes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+
+from nonllama import __version__
+from nonllama.pipeline.io import (
+    MANIFEST_NAME,
+    Reporter,
+    StageError,
+    StageRun,
+    atomic_path,
+    atomic_write_json,
+    is_up_to_date,
+    json_digest,
+    list_parts,
+    read_manifest,
+    require_finished,
+    reset_output,
+    run_tasks,
+)
+from nonllama.pipeline.tokenizer import (
+    EOS_ID,
+    MODEL_NAME,
+    doc_unit_hash,
+    encode_texts,
+    load_processor,
+    require_tokenizer,
+)
+
+STAGE = "pack"
+PREVIOUS = "dedup"
+SPLITS = ("train", "val")
+INDEX_NAME = "index.parquet"
+SHARD_DIR = ".shards"
+VAL_SALT, MIX_SALT = 0x5EED, 0x3A1C
+BATCH_ROWS = 1_000
+INDEX_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+        ("offset", pa.int64()),
+        ("length", pa.int32()),
+        ("copy", pa.int32()),
+    ]
+)
+
+
+@dataclass
+class PackConfig:
+    val_fraction: float = 0.005
+    mix: dict[str, float] = field(default_factory=dict)  # source -> weight; empty: no mixing
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise StageError(f"--val-fraction {self.val_fraction}: must be between 0 and 1 (exclusive)")
+        for source, weight in self.mix.items():
+            if not math.isfinite(weight) or weight < 0:
+                raise StageError(f"--mix {source}={weight}: a weight must be a number >= 0")
+        if self.mix and sum(self.mix.values()) <= 0:
+            raise StageError("--mix: every weight is 0, nothing would be trained on")
+
+
+def parse_mix(items: list[str]) -> dict[str, float]:
+    """['en=0.7', 'zh=0.3'] (or 'en=0.7,zh=0.3') -> {'en': 0.7, 'zh': 0.3}."""
+    mix: dict[str, float] = {}
+    for item in (i for value in items for i in value.split(",") if i.strip()):
+        source, sep, weight = item.rpartition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = math.nan
+        if not sep or not source.strip() or math.isnan(value):
+            raise StageError(f"--mix {item!r}: expected SOURCE=WEIGHT, e.g. --mix wiki=0.3")
+        if source.strip() in mix:
+            raise StageError(f"--mix: source {source.strip()!r} is given twice")
+        mix[source.strip()] = value
+    return mix
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+@dataclass
+class PackTask:
+    index: int
+    part: Path
+    shard_dir: Path
+    model: Path
+    dtype: str
+    val_fraction: float
+    seed: int
+
+
+@dataclass
+class ShardSummary:
+    index: int
+    docs: int
+    tokens: int
+    per_source: dict[str, dict[str, int]]  # source -> {train_docs, train_tokens, val_docs, val_tokens}
+    min_val_hash: float  # for "at least one val document"
+    min_val_row: int
+
+
+_PROCESSORS: dict[Path, Any] = {}
+
+
+def _processor(model: Path) -> Any:
+    """One SentencePiece processor per worker process and model (tasks reuse it)."""
+    if model not in _PROCESSORS:
+        _PROCESSORS[model] = load_processor(model)
+    return _PROCESSORS[model]
+
+
+def shard_paths(shard_dir: Path, index: int) -> tuple[Path, Path]:
+    return shard_dir / f"shard-{index:05d}.tokens", shard_dir / f"shard-{index:05d}.parquet"
+
+
+def encode_with_eos(processor: Any, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Flat tokens of `texts`, each followed by EOS, and the token count of each (EOS excluded)."""
+    ids = encode_texts(processor, texts)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    return np.insert(flat, np.cumsum(lengths), dtype.type(EOS_ID)), lengths
+
+
+def pack_shard(task: PackTask, report: Reporter) -> ShardSummary:
+    """Encode one input part into a shard token file and its index."""
+    import pyarrow.compute as pc
+
+    processor = _processor(task.model)
+    dtype = np.dtype(task.dtype)
+    tokens_path, index_path = shard_paths(task.shard_dir, task.index)
+    ids: list[str] = []
+    sources: list[str] = []
+    lengths: list[np.ndarray] = []
+    tokens = 0
+    parquet = pq.ParquetFile(task.part)
+    with open(tokens_path, "wb") as f:
+        # pyarrow directly, three columns only: this loop runs beside SentencePiece and its
+        # overhead is what separates pack from the bare encode rate
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=["id", "source", "text"]):
+            text = batch.column("text")
+            texts = pl.Series(text).fill_null("").to_list()  # polars: much faster than to_pylist
+            flat, n = encode_with_eos(processor, texts, dtype)
+            f.write(flat.tobytes())
+            tokens += flat.size
+            ids.extend(pl.Series(batch.column("id")).to_list())
+            sources.extend(pl.Series(batch.column("source")).fill_null("").to_list())
+            lengths.append(n)
+            report(batch.num_rows, int(pc.sum(pc.binary_length(text)).as_py() or 0))
+    index = pl.DataFrame(
+        {
+            "id": pl.Series(ids, dtype=pl.String),
+            "source": pl.Series(sources, dtype=pl.String),
+            "length": np.concatenate(lengths).astype(np.int32) if lengths else np.zeros(0, np.int32),
+            "val_hash": doc_unit_hash(ids, VAL_SALT + task.seed),
+            "mix_hash": doc_unit_hash(ids, MIX_SALT + task.seed),
+        }
+    )
+    index.write_parquet(index_path)
+    in_val = index["val_hash"] < task.val_fraction
+    per_source: dict[str, dict[str, int]] = {}
+    summary = (
+        index.with_columns(val=in_val, tokens=pl.col("length").cast(pl.Int64) + 1)
+        .group_by("source", "val")
+        .agg(pl.len().alias("docs"), pl.col("tokens").sum())
+    )
+    for source, val, docs, n in summary.iter_rows():
+        split = "val" if val else "train"
+        entry = per_source.setdefault(source, {"train_docs": 0, "train_tokens": 0, "val_docs": 0, "val_tokens": 0})
+        entry[f"{split}_docs"] += docs
+        entry[f"{split}_tokens"] += n
+    min_row = int(index["val_hash"].arg_min()) if index.height else -1
+    return ShardSummary(
+        task.index,
+        index.height,
+        tokens,
+        per_source,
+        float(index["val_hash"][min_row]) if index.height else 2.0,
+        min_row,
+    )
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+class _HashingWriter:
+    """Appends to a binary file and keeps its sha256 (the manifest's checksum, no second read)."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.tokens = 0
+
+    def write(self, array: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(array)).cast("B")
+        self.f.write(data)
+        self.sha.update(data)
+        self.tokens += array.size
+
+
+@contextmanager
+def _open_outputs(output_dir: Path) -> Iterator[dict[str, _HashingWriter]]:
+    with atomic_path(output_dir / "train.bin") as train_tmp, atomic_path(output_dir / "val.bin") as val_tmp:
+        with open(train_tmp, "wb") as train_f, open(val_tmp, "wb") as val_f:
+            yield {"train": _HashingWriter(train_f), "val": _HashingWriter(val_f)}
+
+
+def repeat_factors(train_tokens: dict[str, int], mix: dict[str, float]) -> dict[str, float]:
+    """Per source, how many times its training documents are used (see the module docstring)."""
+    if not mix:
+        return {s: 1.0 for s in train_tokens}
+    missing = sorted(set(train_tokens) - set(mix))
+    unknown = sorted(set(mix) - set(train_tokens))
+    if unknown:
+        raise StageError(
+            f"--mix names {', '.join(unknown)}, not a source of the input; sources: {', '.join(sorted(train_tokens))}"
+        )
+    if missing:
+        raise StageError(f"--mix has no weight for {', '.join(missing)}: give every source one (0 leaves it out)")
+    total_weight = sum(mix.values())
+    total_tokens = sum(train_tokens.values())
+    factors = {}
+    for source, tokens in train_tokens.items():
+        share = mix[source] / total_weight
+        if share > 0 and tokens == 0:
+            raise StageError(f"--mix {source}={mix[source]}: the source has no training documents (all in val)")
+        factors[source] = share * total_tokens / tokens if tokens else 0.0
+    return factors
+
+
+def _assemble_shard(
+    shard: int,
+    shard_dir: Path,
+    dtype: np.dtype,
+    forced_val: tuple[int, int] | None,
+    val_fraction: float,
+    factors: dict[str, float],
+    writers: dict[str, _HashingWriter],
+    index_writer: pq.ParquetWriter,
+) -> None:
+    """Copy one shard's documents into train.bin / val.bin (repeats included) and the index."""
+    tokens_path, index_path = shard_paths(shard_dir, shard)
+    tokens = np.fromfile(tokens_path, dtype=dtype)
+    index = pl.read_parquet(index_path)
+    if index.height == 0:
+        return
+    is_val = (index["val_hash"] < val_fraction).to_numpy().copy()
+    if forced_val is not None and forced_val[0] == shard:
+        is_val[forced_val[1]] = True
+    span = index["length"].to_numpy().astype(np.int64) + 1  # EOS included
+    whole = np.array([factors.get(s, 0.0) for s in index["source"].to_list()])
+    extra = index["mix_hash"].to_numpy() < whole - np.floor(whole)
+    copies = np.where(is_val, 0, np.floor(whole).astype(np.int64) + extra)
+
+    def emit(split: str, selected: np.ndarray, copy: int) -> None:
+        if not selected.any():
+            return
+        writer = writers[split]
+        lengths = span[selected]
+        offsets = writer.tokens + np.cumsum(lengths) - lengths
+        writer.write(tokens[np.repeat(selected, span)])
+        chosen = index.filter(pl.Series(selected))
+        index_writer.write_table(
+            pa.table(
+                {
+                    "id": chosen["id"].to_arrow(),
+                    "source": chosen["source"].to_arrow(),
+                    "split": pa.array([split] * len(lengths), pa.string()),
+                    "offset": pa.array(offsets, pa.int64()),
+                    "length": pa.array(lengths - 1, pa.int32()),
+                    "copy": pa.array(np.full(len(lengths), copy), pa.int32()),
+                },
+                schema=INDEX_SCHEMA,
+            )
+        )
+
+    emit("val", is_val, 0)
+    for copy in range(int(copies.max(initial=0))):
+        emit("train", copies > copy, copy)
+
+
+def run_pack(
+    input_dir: Path,
+    tokenizer_dir: Path,
+    output_dir: Path,
+    config: PackConfig,
+    *,
+    workers: int = 1,
+    force: bool = False,
+    console: Console | None = None,
+) -> StageRun:
+    """Encode every document of `input_dir` with the tokenizer of `tokenizer_dir` into `output_dir`."""
+    started = time.time()
+    config.validate()
+    input_dir, tokenizer_dir, output_dir = Path(input_dir), Path(tokenizer_dir), Path(output_dir)
+    input_manifest = require_finished(input_dir, PREVIOUS)
+    model, tokenizer_manifest = require_tokenizer(tokenizer_dir)
+    documents_digest = input_manifest.get("output_digest") or json_digest(input_manifest)
+    tokenizer_sha = tokenizer_manifest["tokenizer_sha256"]
+    digest = json_digest({"documents": documents_digest, "tokenizer": tokenizer_sha})
+    config_dict = asdict(config)
+    if not force and is_up_to_date(output_dir, STAGE, digest, config_dict):
+        return StageRun(read_manifest(output_dir) or {}, True, output_dir)
+    _check_mix_against_manifest(config.mix, input_manifest)
+
+    vocab_size = load_processor(model).vocab_size()
+    dtype = token_dtype(vocab_size)
+    parts = list_parts(input_dir)
+    reset_output(output_dir)
+    shard_dir = output_dir / SHARD_DIR
+    shard_dir.mkdir()
+    tasks = [
+        PackTask(i, p, shard_dir, model.resolve(), dtype.name, config.val_fraction, config.seed)
+        for i, p in enumerate(parts)
+    ]
+    summaries: list[ShardSummary] = run_tasks(
+        pack_shard, tasks, workers=workers, description=STAGE,
+        total_docs=input_manifest.get("rows_out"), console=console,
+    )
+
+    per_source = _merge_sources(summaries)
+    docs = sum(s.docs for s in summaries)
+    if docs == 0:
+        raise StageError(f"{input_dir}: no documents to pack")
+    forced_val = None
+    if sum(v["val_docs"] for v in per_source.values()) == 0:
+        first = min(summaries, key=lambda s: (s.min_val_hash, s.index))
+        forced_val = (first.index, first.min_val_row)
+        _move_forced_to_val(per_source, shard_dir, first.index, first.min_val_row)
+    train_tokens = {s: v["train_tokens"] for s, v in per_source.items()}
+    if sum(train_tokens.values()) == 0:
+        raise StageError(
+            f"the train split is empty ({docs} document(s), all in val): lower --val-fraction "
+            f"(now {config.val_fraction}) or pack more documents"
+        )
+    factors = repeat_factors(train_tokens, config.mix)
+
+    with _open_outputs(output_dir) as writers, atomic_path(output_dir / INDEX_NAME) as index_tmp:
+        index_writer = pq.ParquetWriter(index_tmp, INDEX_SCHEMA, compression="zstd")
+        try:
+            for s in summaries:
+                _assemble_shard(s.index, shard_dir, dtype, forced_val, config.val_fraction, factors, writers, index_writer)
+        finally:
+            index_writer.close()
+        checksums = {f"{split}.bin": w.sha.hexdigest() for split, w in writers.items()}
+        split_tokens = {split: w.tokens for split, w in writers.items()}
+    shutil.rmtree(shard_dir)
+    if split_tokens["train"] == 0:
+        raise StageError("the train split is empty after mixing: give a source a weight > 0 in --mix")
+
+    index = pl.read_parquet(output_dir / INDEX_NAME, columns=["source", "split", "length"])
+    mixed = (
+        index.group_by("source", "split")
+        .agg(pl.len().alias("docs"), (pl.col("length").cast(pl.Int64) + 1).sum().alias("tokens"))
+        .sort("source", "split")
+    )
+    for source, split, n_docs, n_tokens in mixed.iter_rows():
+        if split == "train":
+            per_source[source]["mixed_train_docs"] = n_docs
+            per_source[source]["mixed_train_tokens"] = n_tokens
+    for source, v in per_source.items():
+        v.setdefault("mixed_train_docs", 0)
+        v.setdefault("mixed_train_tokens", 0)
+        v["repeat_factor"] = round(factors[source], 6)
+        v["train_share"] = round(v["mixed_train_tokens"] / split_tokens["train"], 6)
+        if config.mix:
+            v["mix_share_asked"] = round(config.mix[source] / sum(config.mix.values()), 6)
+
+    checksums[INDEX_NAME] = hashlib.sha256((output_dir / INDEX_NAME).read_bytes()).hexdigest()
+    manifest = {
+        "stage": STAGE,
+        "version": __version__,
+        "config": config_dict,
+        "input": {
+            "dir": str(input_dir),
+            "stage": input_manifest.get("stage"),
+            "digest": digest,
+            "documents_digest": documents_digest,
+        },
+        "tokenizer": {"dir": str(tokenizer_dir), "model": MODEL_NAME, "sha256": tokenizer_sha},
+        "dtype": dtype.name,
+        "vocab_size": vocab_size,
+        "eos_id": EOS_ID,
+        "rows_in": docs,
+        "tokens": split_tokens,  # EOS included
+        "docs": {split: int(index.filter(pl.col("split") == split).height) for split in SPLITS},
+        "per_source": dict(sorted(per_source.items())),
+        "files": checksums,
+        "output_digest": json_digest(checksums),
+        "wall_time_s": round(time.time() - started, 3),
+    }
+    atomic_write_json(output_dir / MANIFEST_NAME, manifest)
+    return StageRun(manifest, False, output_dir)
+
+
+def _merge_sources(summaries: list[ShardSummary]) -> dict[str, dict[str, int]]:
+    merged: dict[str, dict[str, int]] = {}
+    for summary in summaries:
+        for source, values in summary.per_source.items():
+            entry = merged.setdefault(source, {k: 0 for k in values})
+            for k, v in values.items():
+                entry[k] += v
+    return merged
+
+
+def _move_forced_to_val(per_source: dict[str, dict[str, int]], shard_dir: Path, shard: int, row: int) -> None:
+    doc = pl.read_parquet(shard_paths(shard_dir, shard)[1]).row(row, named=True)
+    entry = per_source[doc["source"]]
+    entry["train_docs"] -= 1
+    entry["train_tokens"] -= doc["length"] + 1
+    entry["val_docs"] += 1
+    entry["val_tokens"] += doc["length"] + 1
+
+
+def _check_mix_against_manifest(mix: dict[str, float], input_manifest: dict) -> None:
+    """Catch a misspelt --mix source before encoding anything, when the input says its sources."""
+    per_source = input_manifest.get("per_source") or {}
+    known = {s for s, v in per_source.items() if not isinstance(v, dict) or v.get("rows_out", 1) > 0}
+    if mix and known:
+        unknown = sorted(set(mix) - set(known))
+        if unknown:
+            raise StageError(
+                f"--mix names {', '.join(unknown)}, not a source of the input; sources: {', '.join(sorted(known))}"
+            )
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+@dataclass
+class Window:
+    split: str
+    offset: int
+    tokens: np.ndarray
+    text: str
+
+
+def inspect_packed(
+    packed_dir: Path,
+    tokenizer_dir: Path | None = None,
+    *,
+    windows: int = 3,
+    window_tokens: int = 64,
+    seed: int | None = None,
+) -> tuple[dict, list[Window]]:
+    """The manifest of a pack output and a few random windows of its token files, decoded."""
+    packed_dir = Path(packed_dir)
+    manifest = require_finished(packed_dir, STAGE)
+    if manifest.get("stage") != STAGE:
+        raise StageError(f"--inspect {packed_dir}: not a pack output (its manifest says stage {manifest.get('stage')!r})")
+    tokenizer_dir = Path(tokenizer_dir or manifest["tokenizer"]["dir"])
+    model, tokenizer_manifest = require_tokenizer(tokenizer_dir)
+    if tokenizer_manifest["tokenizer_sha256"] != manifest["tokenizer"]["sha256"]:
+        raise StageError(
+            f"{packed_dir} was packed with another tokenizer than {model}: rerun `nonllama pack --force` "
+            "or pass the right one with --tokenizer"
+        )
+    processor = load_processor(model)
+    rng = np.random.default_rng(seed)
+    out: list[Window] = []
+    for split in SPLITS:
+        path = packed_dir / f"{split}.bin"
+        if not path.exists() or path.stat().st_size == 0:
+            continue
+        data = np.memmap(path, dtype=np.dtype(manifest["dtype"]), mode="r")
+        for _ in range(windows if split == "train" else max(1, windows // 3)):
+            start = int(rng.integers(0, max(data.size - window_tokens, 0) + 1))
+            tokens = np.array(data[start : start + window_tokens])
+            out.append(Window(split, start, tokens, decode_window(processor, tokens)))
+    return manifest, out
+
+
+def decode_window(processor: Any, tokens: np.ndarray) -> str:
+    """Text of a token window, document boundaries (EOS) shown as ⟨/s⟩."""
+    ends = np.flatnonzero(tokens == EOS_ID)
+    pieces = np.split(tokens, ends)
+    texts = [processor.decode([int(t) for t in piece if t != EOS_ID]) for piece in pieces]
+    return "⟨/s⟩".join(texts)

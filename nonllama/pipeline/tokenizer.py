@@ -1,0 +1,492 @@
+"""`train-tokenizer`: a SentencePiece tokenizer trained on a deterministic sample of the corpus.
+
+`run_train_tokenizer(input_dir, output_dir, config)` is the stage. It writes
+``tokenizer.model`` (what `pack`, `train` and `generate` load), ``tokenizer.vocab`` (piece and
+score per line, for people) and ``_manifest.json`` (config, input digest, the model's sha256,
+the special ids, what the sample held, and the compression measured on held-out documents).
+
+Special ids are fixed, as llama2.c's run.c expects: unk=0, bos=1, eos=2, pad=3, then ``\\n``
+(one piece, always) at 4, the `--user-symbols` from 5 in the order given, then the 256 byte
+pieces ``<0x00>``..``<0xFF>`` (5..260 without user symbols), then the learned pieces.
+
+Lossless by construction:
+- ``normalization_rule_name="identity"``: the default nmt_nfkc would turn the full-width Chinese
+  punctuation that `normalize` deliberately keeps into ASCII;
+- ``remove_extra_whitespaces=False`` and ``add_dummy_prefix=False``: runs of spaces, leading and
+  trailing spaces survive, and a document does not gain a leading space;
+- ``byte_fallback=True``: a character outside the vocabulary (emoji, rare CJK) becomes its UTF-8
+  bytes, never ``<unk>``;
+- ``\\n`` is a user-defined symbol: SentencePiece trains on lines (see below), so a newline
+  would otherwise only be reachable through the byte piece ``<0x0A>``.
+The stage checks decode(encode(text)) == text on every held-out document before it finishes.
+
+The sample. Every document gets a number u in [0, 1) from a hash of its id (xxh64, seeded), so
+the sample is the same on every run and does not depend on part sizes or order. A first pass
+builds, per source, a histogram over u of the documents' UTF-8 bytes; that decides, without
+holding any text, (1) the held-out documents of each source (the top of the u range, about
+`HOLDOUT_FRACTION` of the source, at most `HOLDOUT_MAX_BYTES`, at least one document when the
+source has two) and (2) the threshold below which the rest add up to at most `sample_bytes`. The
+second pass streams the chosen documents, one line per SentencePiece sentence, into a temporary
+file (lines longer than `MAX_SENTENCE_BYTES` are cut, since SentencePiece skips such sentences);
+SentencePiece reads that file in C++, so the Python side never holds the sample.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import xxhash
+from rich.console import Console
+
+from nonllama import __version__
+from nonllama.pipeline.io import (
+    MANIFEST_NAME,
+    StageError,
+    StageRun,
+    atomic_write_json,
+    file_sha256,
+    is_up_to_date,
+    iter_part_batches,
+    json_digest,
+    list_parts,
+    read_manifest,
+    require_finished,
+    reset_output,
+)
+
+STAGE = "train-tokenizer"
+PREVIOUS = "dedup"
+MODEL_NAME = "tokenizer.model"
+VOCAB_NAME = "tokenizer.vocab"
+
+UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
+SPECIAL_IDS = {"unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID}
+NEWLINE_PIECE = "\n"
+_SPACE_MARK = "\u2581"  # how SentencePiece writes a space inside pieces
+
+MODEL_TYPES = ("bpe", "unigram")
+HASH_BINS = 1 << 14  # resolution of the u histograms: the sample misses its budget by < 1/16384
+HOLDOUT_FRACTION = 0.01
+HOLDOUT_MAX_BYTES = 4_000_000  # per source: enough for a stable chars/token figure
+MAX_SENTENCE_BYTES = 8192
+_CHUNK_CHARS = MAX_SENTENCE_BYTES // 4  # a UTF-8 character is at most 4 bytes
+_SIZE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 16_000
+    model_type: str = "bpe"
+    character_coverage: float = 0.9995
+    user_symbols: list[str] = field(default_factory=list)
+    sample_bytes: int = 1_000_000_000
+    seed: int = 0
+    # SentencePiece's model depends on its thread count (same threads, same bytes), so it is
+    # part of the config; fixed by default so that two machines train the same model.
+    threads: int = 8
+
+    def validate(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise StageError(f"--model-type {self.model_type!r}: choose one of {', '.join(MODEL_TYPES)}")
+        if not 0 < self.character_coverage <= 1:
+            raise StageError(f"--character-coverage {self.character_coverage}: must be in (0, 1]")
+        if self.vocab_size < 1 or self.sample_bytes < 1 or self.threads < 1:
+            raise StageError("--vocab-size, --sample-bytes and --threads must be positive")
+        for symbol in self.user_symbols:
+            if not symbol or symbol == NEWLINE_PIECE or symbol in ("<unk>", "<s>", "</s>", "<pad>"):
+                raise StageError(f"--user-symbols {symbol!r}: empty, or already a reserved piece")
+        if len(set(self.user_symbols)) != len(self.user_symbols):
+            raise StageError(f"--user-symbols {self.user_symbols}: a symbol is given twice")
+
+
+def parse_size(text: str) -> int:
+    """'1G', '500M', '250000' -> bytes (decimal units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise StageError(f"--sample-bytes {text!r}: expected a size like 500M, 1G or 250000")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+
+
+def doc_unit_hash(ids: Sequence[str | None], seed: int) -> np.ndarray:
+    """A number in [0, 1) per document id, stable across runs, machines and library versions."""
+    digests = np.fromiter(
+        (xxhash.xxh64_intdigest((i or "").encode(), seed) for i in ids), dtype=np.uint64, count=len(ids)
+    )
+    return (digests >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def meta_pieces(config: TokenizerConfig) -> int:
+    """Pieces that exist whatever the text: specials, newline, 256 bytes, user symbols."""
+    return len(SPECIAL_IDS) + 1 + 256 + len(config.user_symbols)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class _SourceHistogram:
+    bytes: np.ndarray = field(default_factory=lambda: np.zeros(HASH_BINS, np.float64))
+    docs: np.ndarray = field(default_factory=lambda: np.zeros(HASH_BINS, np.int64))
+
+
+@dataclass
+class SamplePlan:
+    """Which documents train the tokenizer and which measure it, as thresholds on hash bins."""
+
+    train_below: int  # documents with bin < train_below (and below their source's holdout) train
+    holdout_from: dict[str, int]  # per source: documents with bin >= this are held out
+    docs_in: int
+    bytes_in: int
+
+    def masks(self, bins: np.ndarray, sources: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        holdout_from = np.array([self.holdout_from.get(s, HASH_BINS) for s in sources], np.int64)
+        held = bins >= holdout_from
+        train = (bins < self.train_below) & ~held
+        return train, held
+
+
+def _bins(ids: Sequence[str | None], seed: int) -> np.ndarray:
+    return np.minimum((doc_unit_hash(ids, seed) * HASH_BINS).astype(np.int64), HASH_BINS - 1)
+
+
+def plan_sample(parts: list[Path], sample_bytes: int, seed: int) -> SamplePlan:
+    """First pass: per-source byte histograms over the hash, then the thresholds."""
+    hists: dict[str, _SourceHistogram] = {}
+    docs_in = bytes_in = 0
+    for part in parts:
+        for batch in iter_part_batches(part):
+            nbytes = batch["text"].str.len_bytes().fill_null(0).to_numpy().astype(np.float64)
+            bins = _bins(batch["id"].to_list(), seed)
+            sources = batch["source"].fill_null("").to_numpy()
+            for source in np.unique(sources):
+                mask = sources == source
+                h = hists.setdefault(str(source), _SourceHistogram())
+                h.bytes += np.bincount(bins[mask], weights=nbytes[mask], minlength=HASH_BINS)
+                h.docs += np.bincount(bins[mask], minlength=HASH_BINS)
+            docs_in += batch.height
+            bytes_in += int(nbytes.sum())
+
+    holdout_from: dict[str, int] = {}
+    train_hist = np.zeros(HASH_BINS, np.float64)
+    for source, h in sorted(hists.items()):
+        top_bytes = np.cumsum(h.bytes[::-1])  # [k-1]: bytes in the top k bins
+        top_docs = np.cumsum(h.docs[::-1])
+        total_docs = int(top_docs[-1])
+        budget = min(HOLDOUT_FRACTION * top_bytes[-1], HOLDOUT_MAX_BYTES)
+        fits = (top_bytes <= budget) & (top_docs < total_docs)
+        k = int(np.nonzero(fits)[0].max()) + 1 if fits.any() else 0
+        if (k == 0 or top_docs[k - 1] == 0) and total_docs >= 2:
+            # a small source: hold out its top document unless that bin holds them all
+            first = int(np.argmax(top_docs >= 1)) + 1
+            k = first if top_docs[first - 1] < total_docs else 0
+        holdout_from[source] = HASH_BINS - k
+        train_hist[: HASH_BINS - k] += h.bytes[: HASH_BINS - k]
+
+    cumulative = np.cumsum(train_hist)
+    # the largest threshold whose documents fit the budget (at least one bin, however large)
+    train_below = max(int(np.searchsorted(cumulative, sample_bytes, side="right")), 1)
+    return SamplePlan(train_below, holdout_from, docs_in, bytes_in)
+
+
+def _sentences(texts: pl.Series) -> list[str]:
+    """Documents -> SentencePiece sentences: their non-empty lines, long lines cut in chunks."""
+    lines = texts.fill_null("").str.split("\n").explode()
+    lines = lines.filter(lines.str.len_bytes() > 0)
+    too_long = lines.str.len_bytes() > MAX_SENTENCE_BYTES
+    if not too_long.any():
+        return lines.to_list()
+    out: list[str] = []
+    for line, long in zip(lines.to_list(), too_long.to_list(), strict=True):
+        if long:
+            out.extend(line[i : i + _CHUNK_CHARS] for i in range(0, len(line), _CHUNK_CHARS))
+        else:
+            out.append(line)
+    return out
+
+
+@dataclass
+class HeldOut:
+    texts: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    langs: list[str | None] = field(default_factory=list)
+
+
+def _langs(batch: pl.DataFrame) -> list[str | None]:
+    """A `lang` column if a stage added one, else `lang` in the meta JSON, else unknown."""
+    if "lang" in batch.columns:
+        return batch["lang"].cast(pl.String).to_list()
+    if "meta" in batch.columns and batch.schema["meta"] == pl.String:
+        return batch["meta"].str.json_path_match("$.lang").to_list()
+    return [None] * batch.height
+
+
+def write_sample(parts: list[Path], plan: SamplePlan, seed: int, sentence_file: Path) -> tuple[dict, HeldOut]:
+    """Second pass: the training documents' lines to `sentence_file`; held-out texts returned."""
+    held_out = HeldOut()
+    docs = nbytes = sentences = 0
+    with open(sentence_file, "w", encoding="utf-8", newline="\n") as f:
+        for part in parts:
+            for batch in iter_part_batches(part):
+                sources = batch["source"].fill_null("").to_list()
+                train, held = plan.masks(_bins(batch["id"].to_list(), seed), sources)
+                chosen = batch["text"].filter(pl.Series(train))
+                lines = _sentences(chosen)
+                if lines:
+                    f.write("\n".join(lines))
+                    f.write("\n")
+                docs += chosen.len()
+                nbytes += int(chosen.str.len_bytes().sum() or 0)
+                sentences += len(lines)
+                if held.any():
+                    kept = batch.filter(pl.Series(held))
+                    held_out.texts.extend(kept["text"].fill_null("").to_list())
+                    held_out.sources.extend(kept["source"].fill_null("").to_list())
+                    held_out.langs.extend(_langs(kept))
+    return {"docs": docs, "bytes": nbytes, "sentences": sentences}, held_out
+
+
+# --------------------------------------------------------------------------- training
+
+
+_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+_TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8", newline="\n") as f:
+        for line in f:
+            yield line[:-1]
+
+
+def train_sentencepiece(sentence_file: Path, model_file: Path, config: TokenizerConfig, sample_bytes: int) -> None:
+    import sentencepiece as spm
+
+    try:
+        # an iterator and a writer, not file names: SentencePiece stores the input path and the
+        # model prefix in the model, and the model must not depend on where it was trained
+        with open(model_file, "wb") as model_writer:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=_lines(sentence_file),
+                model_writer=model_writer,
+                model_type=config.model_type,
+                vocab_size=config.vocab_size,
+                character_coverage=config.character_coverage,
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
+                add_dummy_prefix=False,
+                byte_fallback=True,
+                split_digits=True,
+                allow_whitespace_only_pieces=True,
+                user_defined_symbols=[NEWLINE_PIECE, *config.user_symbols],
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                pad_id=PAD_ID,
+                max_sentence_length=MAX_SENTENCE_BYTES,
+                input_sentence_size=0,  # the sample is already the size we want: use all of it
+                num_threads=config.threads,
+                minloglevel=2,
+            )
+    except RuntimeError as e:
+        raise StageError(_explain_training_error(str(e), config, sample_bytes)) from None
+
+
+def _explain_training_error(message: str, config: TokenizerConfig, sample_bytes: int) -> str:
+    what = f"{config.model_type}, {sample_bytes / 1e6:.1f} MB of sampled text"
+    if m := _TOO_HIGH.search(message):
+        return (
+            f"--vocab-size {config.vocab_size} is more than this text supports ({what}): "
+            f"use --vocab-size {m.group(2)} or less, or train on more text"
+        )
+    if m := _TOO_SMALL.search(message):
+        needed = int(m.group(2)) + meta_pieces(config)
+        return (
+            f"--vocab-size {config.vocab_size} is too small: the characters this text needs at "
+            f"--character-coverage {config.character_coverage} plus {meta_pieces(config)} fixed "
+            f"pieces take {needed}; use --vocab-size {needed} or more, or lower --character-coverage"
+        )
+    if "Nothing to train" in message or "No valid" in message or "size() > 0" in message:
+        return f"no text to train on ({what}): is the input empty?"
+    return f"SentencePiece failed: {message.split('] ')[-1]}"
+
+
+def load_processor(model_path: Path) -> Any:
+    import sentencepiece as spm
+
+    try:
+        return spm.SentencePieceProcessor(model_file=str(model_path))
+    except (OSError, RuntimeError) as e:
+        raise StageError(f"{model_path}: not a SentencePiece model ({e})") from None
+
+
+def write_vocab(processor: Any, path: Path) -> None:
+    """`piece<TAB>score` per id, as SentencePiece writes it, but with the newline piece written
+    as `\\n` (SentencePiece writes it raw, which breaks the one-line-per-id layout)."""
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for i in range(processor.vocab_size()):
+            piece = processor.id_to_piece(i).replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+            f.write(f"{piece}\t{processor.get_score(i):g}\n")
+
+
+def encode_texts(processor: Any, texts: list[str], num_threads: int = 1) -> list[list[int]]:
+    """`processor.encode`, made lossless for the one character SentencePiece cannot keep.
+
+    SentencePiece writes spaces as U+2581 (▁) and decodes every ▁ back to a space, so a literal
+    ▁ in the text would come back as ' '. Documents containing one (rare: block drawings) are
+    encoded around it, with the ▁ itself as its three byte pieces, which decode to ▁.
+    """
+    ids = processor.encode(texts, num_threads=num_threads)
+    for i, text in enumerate(texts):
+        if _SPACE_MARK in text:
+            marker = [processor.piece_to_id(f"<0x{b:02X}>") for b in _SPACE_MARK.encode()]
+            pieces = processor.encode(text.split(_SPACE_MARK))
+            ids[i] = [t for piece in pieces[:-1] for t in (*piece, *marker)] + pieces[-1]
+    return ids
+
+
+def measure_compression(processor: Any, held_out: HeldOut, threads: int) -> dict:
+    """Characters and bytes per token on the held-out documents, per source and per language."""
+    if not held_out.texts:
+        return {"by_source": {}, "by_lang": {}, "total": None}
+    ids = encode_texts(processor, held_out.texts, threads)
+    bad = next((t for t, i in zip(held_out.texts, ids, strict=True) if processor.decode(i) != t), None)
+    if bad is not None:
+        raise StageError(f"the trained tokenizer does not round-trip this document: {bad[:200]!r}")
+    frame = pl.DataFrame(
+        {
+            "source": held_out.sources,
+            "lang": held_out.langs,
+            "chars": pl.Series(held_out.texts).str.len_chars(),
+            "bytes": pl.Series(held_out.texts).str.len_bytes(),
+            "tokens": [len(i) for i in ids],
+        },
+        schema_overrides={"lang": pl.String},
+    )
+
+    def table(key: str | None) -> dict:
+        grouped = frame.group_by(key) if key else frame.select(pl.lit("all").alias("k"), pl.all()).group_by("k")
+        rows = grouped.agg(pl.len().alias("docs"), pl.col("chars", "bytes", "tokens").sum()).sort(key or "k")
+        out = {}
+        for name, docs, chars, nbytes, tokens in rows.select(key or "k", "docs", "chars", "bytes", "tokens").iter_rows():
+            if name is None:
+                continue
+            out[name] = {
+                "docs": docs,
+                "chars": chars,
+                "bytes": nbytes,
+                "tokens": tokens,
+                "chars_per_token": round(chars / max(tokens, 1), 3),
+                "bytes_per_token": round(nbytes / max(tokens, 1), 3),
+            }
+        return out
+
+    return {"by_source": table("source"), "by_lang": table("lang"), "total": table(None).get("all")}
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def config_to_dict(config: TokenizerConfig) -> dict:
+    return asdict(config)
+
+
+def run_train_tokenizer(
+    input_dir: Path,
+    output_dir: Path,
+    config: TokenizerConfig,
+    *,
+    force: bool = False,
+    console: Console | None = None,
+) -> StageRun:
+    """Train `tokenizer.model` on a sample of `input_dir` (a finished document stage)."""
+    started = time.time()
+    config.validate()
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    input_manifest = require_finished(input_dir, PREVIOUS)
+    digest = input_manifest.get("output_digest") or json_digest(input_manifest)
+    config_dict = config_to_dict(config)
+    if not force and is_up_to_date(output_dir, STAGE, digest, config_dict) and (output_dir / MODEL_NAME).exists():
+        return StageRun(read_manifest(output_dir) or {}, True, output_dir)
+
+    parts = list_parts(input_dir)
+    reset_output(output_dir)
+    quiet = console is None or os.environ.get("NONLLAMA_NO_PROGRESS") == "1"
+    status = _NoStatus() if quiet else console.status("train-tokenizer: sampling")
+    with status, tempfile.TemporaryDirectory(prefix=".train-", dir=output_dir) as tmp:
+        plan = plan_sample(parts, config.sample_bytes, config.seed)
+        if plan.docs_in == 0:
+            raise StageError(f"{input_dir}: no documents to train a tokenizer on")
+        sentence_file = Path(tmp) / "sentences.txt"
+        sample, held_out = write_sample(parts, plan, config.seed, sentence_file)
+        if sample["sentences"] == 0:
+            raise StageError(f"{input_dir}: the sample has no text to train a tokenizer on")
+        status.update(f"train-tokenizer: SentencePiece {config.model_type} on {sample['bytes'] / 1e6:.1f} MB")
+        train_sentencepiece(sentence_file, Path(tmp) / MODEL_NAME, config, sample["bytes"])
+        processor = load_processor(Path(tmp) / "tokenizer.model")
+        status.update("train-tokenizer: measuring on held-out documents")
+        compression = measure_compression(processor, held_out, config.threads)
+        write_vocab(processor, Path(tmp) / VOCAB_NAME)
+        for name in (MODEL_NAME, VOCAB_NAME):  # same filesystem: a rename is atomic
+            os.replace(Path(tmp) / name, output_dir / name)
+
+    model_sha = file_sha256(output_dir / MODEL_NAME)
+    manifest = {
+        "stage": STAGE,
+        "version": __version__,
+        "config": config_dict,
+        "input": {"dir": str(input_dir), "stage": input_manifest.get("stage"), "digest": digest},
+        "rows_in": plan.docs_in,
+        "bytes_in": plan.bytes_in,
+        "model": MODEL_NAME,
+        "vocab": VOCAB_NAME,
+        "tokenizer_sha256": model_sha,
+        "vocab_size": processor.vocab_size(),
+        "special_ids": {**SPECIAL_IDS, "newline": processor.piece_to_id(NEWLINE_PIECE)},
+        "byte_fallback": True,
+        "sample": {**sample, "sentence_max_bytes": MAX_SENTENCE_BYTES},
+        "held_out": {"docs": len(held_out.texts), "bytes": sum(len(t.encode()) for t in held_out.texts)},
+        "compression": compression,
+        "output_digest": json_digest({"tokenizer_sha256": model_sha}),
+        "wall_time_s": round(time.time() - started, 3),
+    }
+    atomic_write_json(output_dir / MANIFEST_NAME, manifest)
+    return StageRun(manifest, False, output_dir)
+
+
+def require_tokenizer(tokenizer_dir: Path) -> tuple[Path, dict]:
+    """The model file of a finished `train-tokenizer` directory, checked against its manifest."""
+    tokenizer_dir = Path(tokenizer_dir)
+    manifest = require_finished(tokenizer_dir, STAGE)
+    model = tokenizer_dir / MODEL_NAME
+    if manifest.get("stage") != STAGE or "tokenizer_sha256" not in manifest:
+        raise StageError(f"{tokenizer_dir} is not a train-tokenizer output (its manifest says stage {manifest.get('stage')!r})")
+    if not model.exists():
+        raise StageError(f"{model} is missing: run `nonllama train-tokenizer --force`")
+    actual = file_sha256(model)
+    if actual != manifest["tokenizer_sha256"]:
+        raise StageError(
+            f"{model} does not match {tokenizer_dir / MANIFEST_NAME} (sha256 {actual[:12]} there, "
+            f"{manifest['tokenizer_sha256'][:12]} recorded): it was changed after training; "
+            "rerun `nonllama train-tokenizer --force`"
+        )
+    return model, manifest
+
+
+class _NoStatus:
+    def __enter__(self) -> _NoStatus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        return None

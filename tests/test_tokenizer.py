@@ -1,0 +1,145 @@
+"""`nonllama train-tokenizer`: lossless round trip, fixed ids, sampling, compression report, bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from nonllama.pipeline.io import read_manifest, read_parts
+from nonllama.pipeline.tokenizer import encode_texts, load_processor, parse_size
+
+
+def _run(*args):
+    from nonllama.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The sample, normalized, and a small BPE tokenizer trained on it (shared: training is the slow part)."""
+    work = tmp_path_factory.mktemp("tok") / "work"
+    _run("download", "sample", "--workdir", work)
+    _run("normalize", "--workdir", work)
+    _run("train-tokenizer", "-i", work / "normalized", "--workdir", work, "--vocab-size", "2000", "--threads", "2")
+    return work
+
+
+TRICKY = [
+    "The quick brown fox jumps over the lazy dog. It's 3.14159, isn't it?",
+    "北京是中国的首都，人口约2100万。你好！“引号”（括号）：结束；",
+    "emoji 😀🎉 and a family 👨\u200d👩\u200d👧 and a flag 🇨🇳",
+    "rare CJK 𠀀𪚥𰻞 and 中英mixed text: Python 3.11 发布了。",
+    "  leading spaces, trailing spaces  ",
+    "lines\nand\n\nparagraphs\n\n\n  indented\n",
+    "literal special strings: <s> </s> <unk> <pad> <0x41> and SentencePiece's own space mark: ▁x ▁",
+    "tab\there, ideographic space\u3000there, NBSP\u00a0there",
+    "",
+]
+
+
+def test_every_document_and_tricky_text_round_trip(trained):
+    sp = load_processor(trained / "tokenizer" / "tokenizer.model")
+    docs = read_parts(trained / "normalized")["text"].to_list()
+    assert len(docs) > 600
+    for text, ids in zip(docs + TRICKY, encode_texts(sp, docs + TRICKY), strict=True):
+        assert sp.decode(ids) == text
+        assert 0 not in ids  # byte fallback: never <unk>
+    # full-width Chinese punctuation is not folded to ASCII (identity normalization)
+    assert "，" in "".join(sp.encode("中国，美国。", out_type=str))
+
+
+def test_special_ids_are_fixed(trained):
+    sp = load_processor(trained / "tokenizer" / "tokenizer.model")
+    assert [sp.id_to_piece(i) for i in range(5)] == ["<unk>", "<s>", "</s>", "<pad>", "\n"]
+    assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, 3)
+    assert sp.id_to_piece(5) == "<0x00>" and sp.id_to_piece(260) == "<0xFF>"
+    m = read_manifest(trained / "tokenizer")
+    assert m["special_ids"] == {"unk": 0, "bos": 1, "eos": 2, "pad": 3, "newline": 4}
+    assert m["vocab_size"] == 2000
+    vocab = (trained / "tokenizer" / "tokenizer.vocab").read_text(encoding="utf-8").splitlines()
+    assert len(vocab) == 2000 and vocab[2].startswith("</s>\t") and vocab[4] == "\\n\t0"
+
+
+def test_compression_is_reported_per_source_on_held_out_documents(trained):
+    m = read_manifest(trained / "tokenizer")
+    by_source = m["compression"]["by_source"]
+    assert {"sample-en", "sample-zh"} <= set(by_source)
+    en, zh = by_source["sample-en"], by_source["sample-zh"]
+    # English packs several characters into a token; Chinese about one or two, at 3 bytes a character
+    assert en["chars_per_token"] > 2.5 and en["bytes_per_token"] == pytest.approx(en["chars_per_token"], rel=0.05)
+    assert 0.8 < zh["chars_per_token"] < en["chars_per_token"] and zh["bytes_per_token"] > 2.5
+    assert m["held_out"]["docs"] == sum(v["docs"] for v in by_source.values())
+    # held-out documents are not trained on
+    assert m["sample"]["docs"] + m["held_out"]["docs"] <= m["rows_in"]
+
+
+def test_rerun_is_a_no_op_and_force_is_deterministic(trained, cli):
+    model = trained / "tokenizer" / "tokenizer.model"
+    before = model.read_bytes()
+    args = ("train-tokenizer", "-i", trained / "normalized", "--workdir", trained, "--vocab-size", "2000", "--threads", "2")
+    assert "up to date" in cli(*args).output
+    assert "up to date" not in cli(*args, "--force").output
+    assert model.read_bytes() == before
+
+
+def test_sample_bytes_bounds_the_sample(tmp_path, trained, cli):
+    args = ("train-tokenizer", "-i", trained / "normalized", "--vocab-size", "1800", "--threads", "2",
+            "--sample-bytes", "60K")
+    cli(*args, "-o", tmp_path / "a")
+    cli(*args, "-o", tmp_path / "b")
+    sample = read_manifest(tmp_path / "a")["sample"]
+    assert 30_000 < sample["bytes"] <= 60_000
+    assert (tmp_path / "a" / "tokenizer.model").read_bytes() == (tmp_path / "b" / "tokenizer.model").read_bytes()
+    assert parse_size("1G") == 10**9 and parse_size("500m") == 500 * 10**6 and parse_size("123") == 123
+
+
+def test_user_symbols_and_unigram(tmp_path, trained, cli):
+    out = tmp_path / "uni"
+    cli("train-tokenizer", "-i", trained / "normalized", "-o", out, "--vocab-size", "1800", "--threads", "2",
+        "--model-type", "unigram", "--user-symbols", "<|user|>,<|bot|>", "--user-symbols", "<tool>")
+    sp = load_processor(out / "tokenizer.model")
+    assert [sp.id_to_piece(i) for i in (4, 5, 6, 7, 8)] == ["\n", "<|user|>", "<|bot|>", "<tool>", "<0x00>"]
+    assert sp.encode("<|user|>你好<|bot|>hi", out_type=str)[0] == "<|user|>"
+    for text, ids in zip(TRICKY, encode_texts(sp, TRICKY), strict=True):
+        assert sp.decode(ids) == text
+
+
+def test_vocabulary_too_large_or_small_names_a_size_that_works(tmp_path, trained, cli):
+    args = ("train-tokenizer", "-i", trained / "normalized", "-o", tmp_path / "t", "--threads", "2")
+    result = cli(*args, "--vocab-size", "200000", expect=2)
+    assert "Traceback" not in result.output
+    words = result.output.replace("\n", " ").split()
+    works = int(words[words.index("less,") - 2]) if "less," in words else None
+    assert "--vocab-size 200000 is more than this text supports" in " ".join(words), result.output
+    assert works is not None and 1000 < works < 200000
+    cli(*args, "--vocab-size", str(works))
+    assert read_manifest(tmp_path / "t")["vocab_size"] == works
+    small = " ".join(cli(*args, "--vocab-size", "300", expect=2).output.split())
+    assert "--vocab-size 300 is too small" in small and "or more" in small
+    needed = int(small.split("use --vocab-size ")[1].split()[0])
+    cli(*args, "--vocab-size", str(needed), "--force")
+
+
+def test_bad_options_and_missing_input(tmp_path, trained, cli):
+    assert "nonllama dedup" in cli("train-tokenizer", "--workdir", tmp_path, expect=2).output
+    bad = cli("train-tokenizer", "-i", trained / "normalized", "-o", tmp_path / "x", "--model-type", "wordpiece", expect=2)
+    assert "--model-type" in bad.output
+    assert "--sample-bytes" in cli("train-tokenizer", "-i", trained / "normalized", "-o", tmp_path / "x",
+                                   "--sample-bytes", "lots", expect=2).output
+
+
+def test_tokenizer_on_the_shared_corpora(tmp_path, cli, corpora):
+    work = tmp_path / "work"
+    cli("download", corpora / "zhwiki_cmrc2018", corpora / "tinystories_en", "--workdir", work,
+        "--split-on", "blank-line", "--max-docs", "600")
+    cli("normalize", "--workdir", work)
+    cli("train-tokenizer", "-i", work / "normalized", "--workdir", work, "--vocab-size", "6000", "--threads", "2")
+    sp = load_processor(work / "tokenizer" / "tokenizer.model")
+    docs = read_parts(work / "normalized")["text"].to_list()
+    assert all(sp.decode(ids) == t for t, ids in zip(docs, encode_texts(sp, docs), strict=True))
+    shutil.rmtree(work / "raw")
