@@ -1,0 +1,387 @@
+"""The training loop: one process of `nonllama train`, alone or as one rank of N.
+
+    train(config) -> for each step: grad_accum micro-batches (forward, backward), average
+    the loss over ranks, skip the step if it is not finite, clip, AdamW, schedule;
+    log metrics; every eval_every steps evaluate on val.bin; every save_every steps write
+    a checkpoint.
+
+Under `torch.distributed.run` (RANK, WORLD_SIZE, LOCAL_RANK set) the model is wrapped in
+DistributedDataParallel, NCCL on GPUs, gloo on CPU; rank 0 alone writes files and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from nonllama import __version__
+from nonllama.model import Llama
+from nonllama.pipeline.io import StageError, atomic_write_text
+from nonllama.train.checkpoint import (
+    CHECKPOINT_DIR,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from nonllama.train.config import TrainConfig, to_toml
+from nonllama.train.data import PackedData, WindowSampler, eval_starts, get_batch
+
+METRICS_NAME = "metrics.jsonl"
+PLOT_NAME = "loss.png"
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Distributed:
+    """Join the process group torch.distributed.run set up for us (if any) and pick the device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1:
+        if device.type == "cpu":  # share the cores out, or N processes x all cores thrash
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_world))
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank, local_rank, world_size, device)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup, then the schedule."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / (config.warmup + 1)
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "wsd":  # warmup, stable, then a linear decay over the last decay_frac
+        decay_start = max(config.warmup, total_steps - round(config.decay_frac * total_steps))
+        if step < decay_start:
+            return config.lr
+        progress = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
+        return config.lr - progress * (config.lr - config.min_lr)
+    progress = min(1.0, (step - config.warmup) / max(1, total_steps - config.warmup))
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
+def prepare_run(config: TrainConfig, resume: bool) -> Path | None:
+    """Check that `config.out` suits --resume (or its absence); return the checkpoint to resume."""
+    out = Path(config.out)
+    found = latest_checkpoint(out)
+    if resume and found is None:
+        raise StageError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}")
+    if not resume and found is not None:
+        raise StageError(f"--out {out} already holds checkpoints: pass --resume to continue that run, or choose another --out")
+    return found
+
+
+@torch.no_grad()
+def evaluate(model: Llama, tokens: np.ndarray, config: TrainConfig, ranks: Distributed,
+             dtype: torch.dtype) -> dict[str, float]:
+    """Loss, perplexity, top-1 and top-5 next-token accuracy on a fixed set of validation windows,
+    split over the ranks and summed back."""
+    starts = eval_starts(len(tokens), config.seq_len, config.eval_batches * config.batch_size)
+    mine = starts[ranks.rank::ranks.world_size]
+    sums = torch.zeros(4, dtype=torch.float64, device=ranks.device)  # loss, top-1, top-5, targets
+    model.eval()
+    for i in range(0, len(mine), config.batch_size):
+        x, y = get_batch(tokens, mine[i:i + config.batch_size], config.seq_len, ranks.device)
+        with autocast(ranks.device, dtype):
+            logits, _ = model(x)
+        logits = logits.float()
+        top5 = logits.topk(min(5, logits.size(-1)), dim=-1).indices
+        sums[0] += F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        sums[1] += (top5[..., 0] == y).sum()
+        sums[2] += (top5 == y.unsqueeze(-1)).any(-1).sum()
+        sums[3] += y.numel()
+    model.train()
+    if ranks.world_size > 1:
+        dist.all_reduce(sums)
+    loss = (sums[0] / sums[3]).item()
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)),
+            "val_top1": (sums[1] / sums[3]).item(), "val_top5": (sums[2] / sums[3]).item()}
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train(config: TrainConfig, resume: bool = False, console: Console | None = None) -> dict:
+    """Run (or continue) the training `config` describes; return a summary of the last step."""
+    ranks = setup_distributed()
+    try:
+        return _train(config, resume, ranks, console or Console(stderr=True))
+    finally:
+        if ranks.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Console) -> dict:
+    out = Path(config.out)
+    checkpoint = prepare_run(config, resume)
+    data = PackedData(Path(config.data))
+    state = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if state is not None and state.get("tokenizer_digest") != data.tokenizer_digest:
+        raise StageError(f"{checkpoint} was trained on tokens of another tokenizer than {data.dir}: "
+                         f"digest {state.get('tokenizer_digest')} vs {data.tokenizer_digest}")
+    device, dtype = ranks.device, resolve_dtype(config.dtype, ranks.device)
+    total_steps = config.total_steps(ranks.world_size)
+    stop = min(total_steps, config.stop_at or total_steps)
+    tokens_per_step = config.tokens_per_step(ranks.world_size)
+
+    # the same seed on every rank: identical initial weights (DDP checks they agree)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    model_config = config.model_config(data.vocab_size)
+    model = Llama(model_config).to(device)
+    optimizer = model.configure_optimizer(config.lr, config.weight_decay, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    sampler = WindowSampler(len(data.train), config.seq_len, config.seed)
+    step, tokens_seen, skipped, bad_streak = 0, 0, 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        step, tokens_seen = state["step"], state["tokens_seen"]
+        skipped, bad_streak = state["skipped_steps"], state["bad_streak"]
+        del state
+    compiled = torch.compile(model) if config.compile else model
+    trained = compiled
+    if ranks.world_size > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            compiled, device_ids=[ranks.local_rank] if device.type == "cuda" else None)
+    can_eval = len(data.val) > config.seq_len
+
+    log = RunLog(out, config, resumed_at=step if checkpoint is not None else None, enabled=ranks.is_main)
+    if ranks.is_main:
+        log.start(data, model.num_params(), dtype, ranks, total_steps, console)
+        if not can_eval:
+            console.print(f"[yellow]warning:[/] {data.dir / 'val.bin'} holds {len(data.val)} tokens, "
+                          f"fewer than --seq-len + 1: no evaluation", highlight=False)
+
+    def snapshot() -> dict:
+        return {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "step": step, "tokens_seen": tokens_seen, "skipped_steps": skipped, "bad_streak": bad_streak,
+            "rng": rng_state(), "sampler": sampler.state_dict(),
+            "config": config.to_dict(), "model_config": asdict(model_config),
+            "tokenizer_digest": data.tokenizer_digest, "world_size": ranks.world_size, "version": __version__,
+        }
+
+    last: dict = {}
+    saved_at = step if checkpoint is not None else -1
+    with log.progress(total_steps, step, console) as advance:
+        while step < stop:
+            started = time.perf_counter()
+            # the schedule is a function of the step alone: nothing more to checkpoint for it
+            lr = lr_at(step, config, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(config.grad_accum):
+                x, y = get_batch(data.train, sampler.next_starts(config.batch_size, ranks.rank, ranks.world_size),
+                                 config.seq_len, device)
+                # gradients are averaged over ranks only once, after the last micro-batch
+                last_micro = micro == config.grad_accum - 1
+                sync = nullcontext() if ranks.world_size == 1 or last_micro else trained.no_sync()
+                with sync:
+                    with autocast(device, dtype):
+                        _, loss = trained(x, y)
+                    scaler.scale(loss / config.grad_accum).backward()
+                loss_sum += loss.detach()
+            if ranks.world_size > 1:
+                dist.all_reduce(loss_sum)
+            loss_value = loss_sum.item() / (config.grad_accum * ranks.world_size)
+            if math.isfinite(loss_value):
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip or math.inf).item()
+                scaler.step(optimizer)
+                scaler.update()
+                bad_streak = 0
+            else:  # a bad batch or a spike: keep the weights, count it, stop if it persists
+                grad_norm = math.nan
+                skipped += 1
+                bad_streak += 1
+                if bad_streak >= config.max_bad_steps:
+                    raise StageError(
+                        f"loss not finite for {bad_streak} steps in a row, the last at step {step + 1}: "
+                        f"lower --lr, raise --warmup, or try --dtype fp32")
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            elapsed = time.perf_counter() - started
+            last = {"step": step, "tokens": tokens_seen, "loss": loss_value, "lr": lr,
+                    "grad_norm": grad_norm, "skipped": skipped, "tokens_per_s": tokens_per_step / elapsed}
+            log.train(last)
+            advance(last)
+            # on the schedule or at the very end, not at --stop-at: a stopped-and-resumed run
+            # logs exactly what the straight run logs
+            if can_eval and (step % config.eval_every == 0 or step == total_steps):
+                last.update(evaluate(model, data.val, config, ranks, dtype))
+                log.eval(last)
+            if step % config.save_every == 0 or step == stop:
+                if ranks.is_main:
+                    save_checkpoint(out, step, snapshot(), config.keep)
+                saved_at = step
+    if ranks.is_main and saved_at != step:
+        save_checkpoint(out, step, snapshot(), config.keep)
+    log.finish()
+    return {**last, "step": step, "tokens": tokens_seen, "skipped": skipped, "total_steps": total_steps,
+            "checkpoint": str(latest_checkpoint(out)) if ranks.is_main else None, "out": str(out)}
+
+
+class RunLog:
+    """What rank 0 writes besides checkpoints: config.toml, metrics.jsonl, TensorBoard events,
+    the progress bar, and loss.png at the end."""
+
+    def __init__(self, out: Path, config: TrainConfig, resumed_at: int | None, enabled: bool):
+        self.out, self.config, self.enabled = out, config, enabled
+        self.metrics_path = out / METRICS_NAME
+        self.tensorboard = None
+        if not enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        if resumed_at is None:
+            self.metrics_path.unlink(missing_ok=True)
+        else:  # lines written after the checkpoint we resume from are about to be redone
+            self.metrics_path.touch()
+            kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resumed_at]
+            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        self._file = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finish()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=resumed_at)
+        except ImportError:  # tensorboard is optional
+            pass
+
+    def start(self, data: PackedData, n_params: int, dtype: torch.dtype, ranks: Distributed,
+              total_steps: int, console: Console) -> None:
+        atomic_write_text(self.out / "config.toml", to_toml(self.config))
+        tokenizer = data.dir.parent / "tokenizer" / "tokenizer.model"
+        if tokenizer.exists():  # the run directory alone is enough to generate from
+            shutil.copyfile(tokenizer, self.out / "tokenizer.model")
+        console.print(
+            f"[bold]train[/] {n_params / 1e6:.2f}M parameters, vocab {data.vocab_size}, "
+            f"{len(data.train):,} train tokens, {ranks.world_size} process(es) on {ranks.device.type}, "
+            f"{str(dtype).removeprefix('torch.')}, {self.config.tokens_per_step(ranks.world_size):,} tokens/step, "
+            f"{total_steps:,} steps -> {self.out}", highlight=False)
+
+    def _write(self, record: dict) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def train(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self._write({"split": "train", **record})
+        if self.tensorboard is not None:
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                self.tensorboard.add_scalar(f"train/{key}", record[key], record["step"])
+
+    def eval(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        values = {k: v for k, v in record.items() if k.startswith("val_")}
+        self._write({"split": "val", "step": record["step"], "tokens": record["tokens"], **values})
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                self.tensorboard.add_scalar(f"val/{key.removeprefix('val_')}", value, record["step"])
+
+    @contextmanager
+    def progress(self, total: int, done: int, console: Console) -> Iterator[Callable[[dict], None]]:
+        """A rich bar (rank 0, unless NONLLAMA_NO_PROGRESS=1); yields the function that advances it."""
+        progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+            disable=not self.enabled or os.environ.get("NONLLAMA_NO_PROGRESS") == "1")
+        task = progress.add_task("train", total=total, completed=done, status="")
+
+        def advance(record: dict) -> None:
+            progress.update(task, completed=record["step"], status=(
+                f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"))
+
+        with progress:
+            yield advance
+
+    def finish(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        plot_losses(self.metrics_path, self.out / PLOT_NAME)
+
+
+def plot_losses(metrics_path: Path, png_path: Path) -> None:
+    """Train and validation loss against tokens seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train = [(r["tokens"], r["loss"]) for r in records if r["split"] == "train"]
+    val = [(r["tokens"], r["val_loss"]) for r in records if r["split"] == "val"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train", linewidth=1)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="val", markersize=3)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
