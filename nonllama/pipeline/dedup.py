@@ -43,7 +43,6 @@ from rich.console import Console
 from nonllama.pipeline import minhash
 from nonllama.pipeline.io import (
     DEFAULT_BATCH_ROWS,
-    Counts,
     Reporter,
     ShardResult,
     ShardTask,
@@ -52,6 +51,7 @@ from nonllama.pipeline.io import (
     iter_part_batches,
     json_digest,
     list_parts,
+    merge_counts,
     process_shard,
     read_manifest,
     read_parts,
@@ -478,10 +478,7 @@ def run_dedup(
         for i, p in enumerate(parts)
     ]
     results: list[ShardResult] = run(process_shard, shard_tasks, "write")
-    counts = Counts()
-    for r in results:
-        counts.merge(r.counts)
-    counts.check_balance(f"{STAGE} {input_dir} -> {output_dir}")
+    counts = merge_counts(results, f"{STAGE} {input_dir} -> {output_dir}")
     shutil.rmtree(scratch)
     stats[EMPTY] = counts.drop_reasons.get(EMPTY, 0)
     stats["bands"], stats["rows"] = config.lsh

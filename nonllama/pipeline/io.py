@@ -547,6 +547,15 @@ def _count_batch(counts: Counts, batch: pl.DataFrame, kept: pl.DataFrame, remove
                 counts.add_source(source, **{key: n, key.replace("rows", "chars"): int(chars or 0)})
 
 
+def merge_counts(results: Iterable[ShardResult], what: str) -> Counts:
+    """The counts of every shard, summed; kept + removed = input is checked here."""
+    counts = Counts()
+    for r in results:
+        counts.merge(r.counts)
+    counts.check_balance(what)
+    return counts
+
+
 @dataclass
 class StageRun:
     """What a stage run did: its manifest, and whether it was already up to date."""
@@ -599,10 +608,7 @@ def run_shard_stage(
         total_docs=input_manifest.get("rows_out"),
         console=console,
     )
-    counts = Counts()
-    for r in results:
-        counts.merge(r.counts)
-    counts.check_balance(f"{stage} {input_dir} -> {output_dir}")
+    counts = merge_counts(results, f"{stage} {input_dir} -> {output_dir}")
     manifest = write_manifest(
         output_dir,
         stage=stage,

@@ -14,13 +14,12 @@ windows of one process with --grad-accum N*k.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nonllama.pipeline.io import MANIFEST_NAME, StageError
+from nonllama.pipeline.io import MANIFEST_NAME, StageError, read_manifest
 
 _MASK64 = (1 << 64) - 1
 
@@ -116,13 +115,10 @@ def eval_starts(n_tokens: int, seq_len: int, count: int) -> list[int]:
 
 
 def read_packed_manifest(packed_dir: Path) -> dict:
+    manifest = read_manifest(Path(packed_dir))
     path = Path(packed_dir) / MANIFEST_NAME
-    if not path.exists():
+    if manifest is None:
         raise StageError(f"{path} not found: run `nonllama pack` first (or point --data at a packed/ directory)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise StageError(f"{path}: not valid JSON ({e}); rerun `nonllama pack --force`") from None
     for key in ("dtype", "vocab_size"):
         if key not in manifest:
             raise StageError(f"{path} has no {key!r}; rerun `nonllama pack --force`")
