@@ -37,7 +37,8 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (StageError, SourceError, ValueError, FileNotFoundError) as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            # soft_wrap: no line breaks inside a path or an option name; the message stays one line
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: nothing half-written is left; rerun to complete")
@@ -139,7 +140,7 @@ def print_summary(run: StageRun, stage: str) -> None:
     if m.get("quarantine") and m.get("quarantined"):
         where = f" (see {run.output_dir / m['quarantine']})"
     for path in m.get("skipped_files", []):
-        console.print(f"[yellow]skipped[/] {path}: no reader for this file type", highlight=False)
+        console.print(f"[yellow]skipped[/] {path}: no reader for this file type", highlight=False, soft_wrap=True)
     console.print(
         f"[green]{stage}[/]: {m['rows_out']:,} of {m['rows_in']:,} documents kept, "
         f"{m['rows_removed']:,} removed{where}, {m['wall_time_s']:.1f}s"

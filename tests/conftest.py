@@ -10,6 +10,9 @@ from fake_hub import fake_hub  # noqa: F401 - a fixture: a local stand-in for th
 from typer.testing import CliRunner
 
 os.environ.setdefault("NONLLAMA_NO_PROGRESS", "1")
+# rich lays tables out at the terminal's width, which differs between machines (and with the
+# length of pytest's temporary paths); one fixed width makes what the tests read the same everywhere
+os.environ["COLUMNS"] = "120"
 
 SHARED_CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 

@@ -86,7 +86,7 @@ def train(
         code = launch(config, resume, nproc, nnodes, node_rank, master_addr, master_port)
         if code:
             console.print(f"[bold red]error:[/] training failed (exit code {code}); "
-                          f"the last checkpoint in {config.out} is resumable with --resume", highlight=False)
+                          f"the last checkpoint in {config.out} is resumable with --resume", highlight=False, soft_wrap=True)
             raise typer.Exit(code)
         if node_rank == 0:
             print_summary(Path(config.out))
