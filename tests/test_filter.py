@@ -161,3 +161,38 @@ def test_bad_config_names_the_key():
     with pytest.raises(ValueError, match="gopher_max_dup_ngram_char_frac"):
         config_from_dict({"gopher_max_dup_ngram_char_frac": [0.1]})
     assert config_from_dict({"languages": ["zh"], "special_chars_max_ratio": 1}).special_chars_max_ratio == 1.0
+
+
+# Texts that exercise every branch of the token grammar: numbers with separators, apostrophes
+# inside and at the ends of words, CJK next to Latin, kana, marks, emoji, runs of punctuation,
+# repeated phrases (the n-gram rules), blank and empty documents.
+TOKEN_EDGE_CASES = [
+    EN,
+    ZH,
+    "",
+    "\n\n\n",
+    "Pi is 3.14, not 3,14159 or 1:2/3; it's rock'n'roll ' quoted' 'twice'' and ’curly’ don’t.",
+    "iPhone手机很好用，价格是2,999.00元！Version 1.2.3 发布于2024/01/02。",
+    "カタカナとひらがな、漢字が混ざった文章です。 Ünïcödé café naïve résumé e\u0301e\u0301.",
+    "Emoji 🎉🎉 and ★★★ symbols --- ... !!! ?? <html> {code} [1] #tag @user",
+    " ".join(["the same five words again"] * 12) + " and then something else entirely",
+    "重复的句子重复的句子重复的句子。" * 8,
+    "a\nb\n\nc d e f g h i j k l m n o p q r s t u v w x y z " * 5,
+    "x" * 300 + " " + "ab" * 100,
+]
+
+
+def test_fast_word_table_gives_the_values_of_the_regex_tokenizer():
+    """rule_values finds words without the TOKEN regex when it can (no stop-word list needed):
+    every value must be what the regex path gives."""
+    from nonllama.pipeline.filter_rules import VALUE_GROUPS
+
+    texts = pl.Series(TOKEN_EDGE_CASES * 3)  # repeats across documents must not leak between them
+    regex_path = rule_values(texts, identify_language=False)
+    needed = {name for group, names in VALUE_GROUPS.items() if group not in ("word_lists", "language") for name in names}
+    fast_path = rule_values(texts, identify_language=False, needed=needed)
+    skipped = set(VALUE_GROUPS["word_lists"]) | set(VALUE_GROUPS["language"])
+    compared = [c for c in regex_path.columns if c not in skipped]
+    assert len(compared) > 15
+    for column in compared:
+        assert fast_path[column].to_list() == pytest.approx(regex_path[column].to_list(), nan_ok=True), column

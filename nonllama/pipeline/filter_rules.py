@@ -199,7 +199,10 @@ def clean_lines(
     def has(pattern: str) -> pl.Expr:
         return stripped.str.contains("(?i)" + pattern)
 
-    blank = stripped.str.len_chars() == 0
+    # every per-line column is materialized before the next use: polars would otherwise evaluate
+    # a shared sub-expression (the regexes) once for each expression that uses it
+    lines = lines.with_columns(stripped=stripped, blank=stripped.str.len_chars() == 0)
+    stripped, blank = pl.col("stripped"), pl.col("blank")
 
     # rules that C4 applies before its document rules
     drop = pl.lit(False)
@@ -218,6 +221,8 @@ def clean_lines(
         drop = drop | (~ends & ~blank)
     if min_words_per_line > 0:
         drop = drop | (~blank & (stripped.str.count_matches(TOKEN) < min_words_per_line))
+    lines = lines.with_columns(drop=drop)
+    drop = pl.col("drop")
     survived = ~drop
     lorem = survived & has("lorem ipsum") if lorem_ipsum else pl.lit(False)
     curly = survived & stripped.str.contains("{", literal=True) if curly_bracket else pl.lit(False)
@@ -228,7 +233,8 @@ def clean_lines(
         drop = drop | has("|".join(map(_escape, C4_POLICY)))
     if boilerplate:
         drop = drop | has("|".join(map(_escape, BOILERPLATE_PHRASES))) | stripped.str.contains(_NAV_LINE)
-    drop = drop & ~blank
+    lines = lines.with_columns(drop=drop & ~blank, lorem=lorem, curly=curly)
+    drop = pl.col("drop")
     sentences = (
         pl.when(drop | blank)
         .then(0)
@@ -236,9 +242,7 @@ def clean_lines(
     )
     kept_line = line.str.replace_all(C4_CITATION, "") if remove_citations else line
     per_doc = (
-        lines.with_columns(
-            drop=drop, lorem=lorem, curly=curly, sentences=sentences, kept_line=kept_line
-        )
+        lines.with_columns(sentences=sentences, kept_line=kept_line)
         .group_by("doc", maintain_order=True)
         .agg(
             pl.col("kept_line").filter(~pl.col("drop")).str.join("\n").alias("text"),
@@ -354,21 +358,30 @@ def rule_values(
     values: dict[str, pl.Series | np.ndarray] = {}
 
     # ---- tokens and words
-    tokens = (
-        frame.select(pl.int_range(n, dtype=pl.UInt32).alias("doc"), pl.col("text").str.extract_all(TOKEN).alias("tok"))
-        .explode("tok")
-        .drop_nulls("tok")
-        .with_columns(
-            is_word=pl.col("tok").str.contains(_WORD),
-            is_alpha=pl.col("tok").str.contains(_ALPHA),
-            is_cjk=pl.col("tok").str.contains(_CJK_CHAR),
-            length=pl.col("tok").str.len_chars().cast(pl.Int64),
+    # the word table: document, has a letter, is a CJK character, length, hash (per word)
+    by_class = None if need("stop_words_ratio") else _words_by_class(texts, chars)
+    if by_class is None:
+        tokens = (
+            frame.select(
+                pl.int_range(n, dtype=pl.UInt32).alias("doc"), pl.col("text").str.extract_all(TOKEN).alias("tok")
+            )
+            .explode("tok")
+            .drop_nulls("tok")
+            .with_columns(
+                is_word=pl.col("tok").str.contains(_WORD),
+                is_alpha=pl.col("tok").str.contains(_ALPHA),
+                is_cjk=pl.col("tok").str.contains(_CJK_CHAR),
+                length=pl.col("tok").str.len_chars().cast(pl.Int64),
+            )
         )
-    )
-    words = tokens.filter(pl.col("is_word"))
-    wdoc = words["doc"].to_numpy().astype(np.int64)
+        words = tokens.filter(pl.col("is_word"))
+        wdoc = words["doc"].to_numpy().astype(np.int64)
+        w_alpha, cjk = words["is_alpha"].to_numpy(), words["is_cjk"].to_numpy()
+        wlen, whash = words["length"].to_numpy(), words["tok"].hash(seed=0).to_numpy()
+    else:
+        wdoc, w_alpha, cjk, wlen, whash = by_class
     n_words = np.bincount(wdoc, minlength=n).astype(np.float64)
-    alpha_words = np.bincount(wdoc, weights=words["is_alpha"].to_numpy(), minlength=n)
+    alpha_words = np.bincount(wdoc, weights=w_alpha, minlength=n)
     # Gopher's "words" are whitespace-separated: punctuation glued to a word is part of it, a
     # free-standing `-`, `|` or `...` is a word of its own (without a letter). Spaces are doubled
     # so that neighbouring free-standing marks do not share the space between them.
@@ -381,10 +394,9 @@ def rule_values(
     n_tokens = n_words + standalone_symbols
     values["words"] = n_words.astype(np.int64)
 
-    latin = words.filter(~pl.col("is_cjk"))
-    ldoc = latin["doc"].to_numpy()
+    ldoc = wdoc[~cjk]
     n_latin = np.bincount(ldoc, minlength=n).astype(np.float64)
-    latin_chars = np.bincount(ldoc, weights=latin["length"].to_numpy().astype(np.float64), minlength=n)
+    latin_chars = np.bincount(ldoc, weights=wlen[~cjk].astype(np.float64), minlength=n)
     # mean word length: a Gopher rule for space-separated words; it does not apply to text that
     # is mostly CJK characters (each a one-character word), nor to a handful of Latin words there
     values["mean_word_length"] = np.where(n_latin * 2 > n_words, _div(latin_chars, n_latin), np.nan)
@@ -406,10 +418,7 @@ def rule_values(
         values["flagged_words_ratio"] = _div(en_flagged + zh_flagged_chars, n_words)
 
     # ---- word n-grams (Gopher repetition, word repetition)
-    whash = words["tok"].hash(seed=0).to_numpy()
-    wlen = words["length"].to_numpy()
     # the space before each word when n-grams are joined: none between two CJK characters
-    cjk = words["is_cjk"].to_numpy()
     wgap = np.ones(len(cjk), dtype=np.int64)
     wgap[1:][cjk[1:] & cjk[:-1]] = 0
     # A Chinese word is about two characters, so in a document that is mostly CJK an "n-gram"
@@ -464,6 +473,120 @@ def rule_values(
     )
 
 
+# ------------------------------------------------------------------------------- words by class
+
+# Character classes of the token grammar, one ASCII letter per code point (see `_class_table`):
+# S space; C a CJK letter or mark; D a number; A another letter or mark; Q an apostrophe;
+# P a separator inside a number; O anything else; X a CJK character that is a number or not a
+# letter (〇, radicals: rare; a batch with one takes the regex path).
+_CLASS_TOKEN = "C|D+(?:PD+)+|[AD]+(?:Q[AD]+)*|[OPQ]+"  # TOKEN, over class letters
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+_HASH_INV = np.uint64(pow(0x9E3779B97F4A7C15, -1, 2**64))
+_POWERS: list[np.ndarray] = [np.ones(0, dtype=np.uint64), np.ones(0, dtype=np.uint64)]
+
+
+@cache
+def _class_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per code point: its class letter (uint8), whether it is a letter, a letter or a number.
+
+    Built once with polars' own regex engine, so the Unicode tables are the ones TOKEN uses.
+    """
+    cps = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)])
+    chars = pl.Series(np.frombuffer(cps.astype(np.uint32).tobytes(), dtype="<U1").tolist())
+
+    def has(pattern: str) -> np.ndarray:
+        out = np.zeros(0x110000, dtype=bool)
+        out[cps] = chars.str.contains(pattern).to_numpy()
+        return out
+
+    cjk, letter, mark, number = has(rf"[{_CJK}]"), has(r"\p{L}"), has(r"\p{M}"), has(r"\p{N}")
+    space = has(r"\s")
+    table = np.full(0x110000, ord("O"), dtype=np.uint8)
+    table[has(r"[.,:/]")] = ord("P")
+    table[has(r"['’]")] = ord("Q")
+    table[(letter | mark) & ~cjk] = ord("A")
+    table[number & ~cjk] = ord("D")
+    table[cjk] = ord("X")
+    table[cjk & (letter | mark) & ~number] = ord("C")
+    table[space] = ord("S")
+    return table, letter, letter | number
+
+
+def _powers(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """_HASH_MUL ** i and its inverse ** i for i < m (mod 2**64), cached and grown on demand."""
+    if len(_POWERS[0]) < m:
+        size = max(m, 2 * len(_POWERS[0]))
+        _POWERS[0] = np.cumprod(np.full(size, _HASH_MUL, dtype=np.uint64)) * _HASH_INV
+        _POWERS[1] = np.cumprod(np.full(size, _HASH_INV, dtype=np.uint64)) * _HASH_MUL
+    return _POWERS[0][:m], _POWERS[1][:m]
+
+
+def _words_by_class(texts: pl.Series, chars: np.ndarray):
+    """The words of TOKEN without extracting them: (doc, has a letter, is CJK, length, hash).
+
+    The batch becomes one array of class letters (documents joined by a newline, class S), where
+    TOKEN's token boundaries are found with numpy, and where numbers with separators need it,
+    by the ASCII version of TOKEN over the class letters (`replace_all` marking each token's
+    start, much cheaper than `extract_all`): the same tokens by construction. Letters and words are counted from prefix sums over the code points; a word's
+    hash is a polynomial over its code points (prefix sums, mod 2**64), mixed with its length.
+    Returns None for a batch with a class X character (the caller then runs TOKEN itself).
+    """
+    table, letter, word_char = _class_table()
+    joined = "\n".join(texts.to_list()) + "\n"
+    cp = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    cls = table[cp]
+    if (cls == ord("X")).any():
+        return None
+    # Tokens never span a space or a CJK character (a token of its own): they split the string
+    # into segments. In a segment, a token is a run of letters, marks and digits joined by single
+    # apostrophes (TOKEN's third branch) or a run of the other characters (the fourth), except
+    # where a number holds separators (the second branch: a digit, one of . , : /, a digit):
+    # the segments with one go through the regex, which marks each token's start.
+    is_cjk = cls == ord("C")
+    brk = is_cjk | (cls == ord("S"))  # the string ends with one
+    w = (cls == ord("A")) | (cls == ord("D"))
+    inner = np.zeros(len(cls), dtype=bool)
+    inner[1:-1] = (cls[1:-1] == ord("Q")) & w[:-2] & w[2:]
+    w |= inner
+    after_brk = np.ones(len(cls), dtype=bool)
+    after_brk[1:] = brk[:-1]
+    is_start = np.zeros(len(cls), dtype=bool)
+    is_start[1:] = w[1:] != w[:-1]
+    is_start = (is_start | after_brk) & ~brk
+    digit = cls == ord("D")
+    number = digit[:-2] & (cls[1:-1] == ord("P")) & digit[2:]
+    if number.any():
+        segment = np.cumsum(after_brk & ~brk)
+        tricky = np.zeros(int(segment[-1]) + 1, dtype=bool)
+        tricky[segment[:-2][number]] = True
+        in_tricky = tricky[segment] & ~brk
+        sub = np.where(in_tricky, cls, np.uint8(ord("S")))
+        marked = pl.Series([sub.tobytes().decode("ascii")]).str.replace_all(_CLASS_TOKEN, "|$0").item()
+        is_mark = np.frombuffer(marked.encode("ascii"), dtype=np.uint8) == ord("|")
+        is_start[in_tricky] = False
+        is_start[np.flatnonzero(is_mark) - np.arange(int(is_mark.sum()))] = True
+    start = np.flatnonzero(is_start | is_cjk)
+    # a token ends at the next token's start or the next space or CJK character after its start
+    brk_at = np.flatnonzero(brk)
+    end = np.minimum(np.append(start[1:], len(cls)), brk_at[np.searchsorted(brk_at, start, side="right")])
+    cum_word = np.concatenate([[0], np.cumsum(word_char[cp])])
+    is_word = cum_word[end] > cum_word[start]
+    start, end = start[is_word], end[is_word]
+    cum_letter = np.concatenate([[0], np.cumsum(letter[cp])])
+    doc_of = np.repeat(np.arange(len(chars), dtype=np.int64), chars + 1)
+    power, inverse = _powers(len(cp))
+    prefix = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(cp.astype(np.uint64) * power)])
+    length = end - start
+    h = (prefix[end] - prefix[start]) * inverse[start] + length.astype(np.uint64) * _DOC_SALT
+    # splitmix64's finalizer: n-gram keys combine word hashes linearly, so they must look random
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    return doc_of[start], cum_letter[end] > cum_letter[start], cls[start] == ord("C"), length.astype(np.int64), h
+
+
 def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
@@ -478,21 +601,34 @@ def _line_values(
     n = len(texts)
     lines = pl.DataFrame({"doc": pl.int_range(n, dtype=pl.UInt32, eager=True), "line": texts.str.split("\n")}).explode("line")
     line = pl.col("line").fill_null("")
-    stripped = line.str.strip_chars()
-    nonblank = stripped.str.len_chars() > 0
+    lines = lines.with_columns(stripped=line.str.strip_chars())
+    lines = lines.with_columns(
+        stripped_chars=pl.col("stripped").str.len_chars(), length=line.str.len_chars().cast(pl.Int64)
+    )
+    lines = lines.with_columns(nonblank=pl.col("stripped_chars") > 0)
+    nonblank = pl.col("nonblank")
     # line length in display columns: a CJK character (or full-width mark) is two, as it holds
-    # about as much text as two Latin letters; otherwise every short-line rule drops Chinese
+    # about as much text as two Latin letters; otherwise every short-line rule drops Chinese.
+    # A line is short only if its length in characters is: the regex runs on those lines alone.
     wide = rf"[{_CJK}\x{{3000}}-\x{{303F}}\x{{FF00}}-\x{{FFEF}}]"
-    width = line.str.len_chars() + line.str.count_matches(wide)
-    stripped_width = stripped.str.len_chars() + stripped.str.count_matches(wide)
+
+    def shorter(column: str, chars: str, limit: int) -> pl.Series:
+        """Lines whose `column` is under `limit` display columns (`chars`: its length)."""
+        out = np.zeros(lines.height, dtype=bool)
+        candidates = np.flatnonzero((lines[chars] < limit).to_numpy())
+        if len(candidates):
+            text = lines[column].gather(candidates).fill_null("")
+            width = text.str.len_chars().cast(pl.Int64) + text.str.count_matches(wide).cast(pl.Int64)
+            out[candidates] = (width < limit).to_numpy()
+        return pl.Series(out)
+
     per_line = lines.with_columns(
         nonblank=nonblank,
-        short=nonblank & (stripped_width < short_chars),
-        fw_short=nonblank & (width <= fineweb_short_chars),
+        short=nonblank & pl.lit(shorter("stripped", "stripped_chars", short_chars)),
+        fw_short=nonblank & pl.lit(shorter("line", "length", fineweb_short_chars + 1)),
         punct=nonblank & line.str.contains(_FINEWEB_TERMINAL),
         bullet=line.str.strip_chars_start().str.contains(r"^[•\-]"),
         ellipsis=line.str.strip_chars_end().str.contains(r"(?:\.\.\.|…)$"),
-        length=line.str.len_chars().cast(pl.Int64),
     )
     agg = per_line.group_by("doc").agg(
         pl.len().alias("lines"),
@@ -685,44 +821,60 @@ def _ngram_chain(
     cum = np.concatenate([[0], np.cumsum(length)])
     cum_gap = np.concatenate([[0], np.cumsum(gap)])
     words_per_doc = np.bincount(doc, minlength=ndocs)
-    pos = np.arange(total, dtype=np.int64)
-    key = np.zeros(total, dtype=np.uint64)
-    done = 0  # tokens already folded into `key`
+    # the first size over every position (contiguous slices), then only where the last repeats
+    first = sizes[0] if sizes else 0
+    m = max(total - first + 1, 0)
+    key = np.zeros(m, dtype=np.uint64)
+    for j in range(first):
+        key *= _P
+        key += h[j : j + m]
+    pos = np.flatnonzero(doc[:m] == doc[first - 1 : first - 1 + m]) if m else np.zeros(0, dtype=np.int64)
+    key = key[pos]
+    done = first  # tokens already folded into `key`
     for size in sizes:
-        ok = pos + size - 1 < total
-        pos, key = pos[ok], key[ok]
-        ok = doc[pos + size - 1] == doc[pos]
-        pos, key = pos[ok], key[ok]
+        if size > done:
+            ok = pos + size - 1 < total
+            pos, key = pos[ok], key[ok]
+            ok = doc[pos + size - 1] == doc[pos]
+            pos, key = pos[ok], key[ok]
         for j in range(done, size):
             key = key * _P + h[pos + j]
         done = size
         salted = key + doc[pos].astype(np.uint64) * _DOC_SALT
-        keys = pl.Series("k", salted, dtype=pl.UInt64)
-        repeated = keys.is_duplicated().to_numpy()
+        # which starts repeat (a hash pass, for the many starts of the first size), then, among
+        # those, each key's count and first occurrence (a sort)
+        if len(pos) > 50_000:
+            repeated = pl.Series("k", salted, dtype=pl.UInt64).is_duplicated().to_numpy()
+            count, first_seen = _counts_and_firsts(salted[repeated])
+        else:
+            count, first_seen = _counts_and_firsts(salted)
+            repeated = count > 1
+            count, first_seen = count[repeated], first_seen[repeated]
+        rpos = pos[repeated]
         n = size // scale
         if n in top_ns and size % scale == 0:
             top = np.zeros(ndocs)
-            if repeated.any():
-                rpos = pos[repeated]
-                chars = cum[rpos + size] - cum[rpos] + cum_gap[rpos + size] - cum_gap[rpos + 1]
-                best = (
-                    pl.DataFrame({"doc": doc[rpos], "k": salted[repeated], "chars": chars})
-                    .with_columns(count=pl.len().over("k"))
-                    .filter(pl.col("k").is_first_distinct())
-                    .group_by("doc")
-                    .agg((pl.col("chars").get(pl.col("count").arg_max()) * pl.col("count").max()).alias("top"))
-                )
-                top[best["doc"].to_numpy()] = best["top"].to_numpy()
+            if len(rpos):
+                # per document, the n-gram with the most occurrences (ties: the one seen first)
+                f = np.flatnonzero(first_seen)
+                fpos = rpos[f]
+                chars = cum[fpos + size] - cum[fpos] + cum_gap[fpos + size] - cum_gap[fpos + 1]
+                fdoc, fcount = doc[fpos], count[f]
+                order = np.lexsort((f, -fcount, fdoc))
+                fdoc, fcount, chars = fdoc[order], fcount[order], chars[order]
+                lead = np.ones(len(fdoc), dtype=bool)
+                lead[1:] = fdoc[1:] != fdoc[:-1]
+                top[fdoc[lead]] = chars[lead] * fcount[lead]
             out[f"top_{n}gram_char_frac"] = top
         if n in dup_ns and size % scale == 0:
-            dup_start = np.zeros(total, dtype=np.int64)
-            if repeated.any():
-                later = ~keys.filter(pl.Series(repeated)).is_first_distinct().to_numpy()
-                dup_start[pos[repeated][later]] = 1
-            covered_from = np.concatenate([[0], np.cumsum(dup_start)])
-            j = np.arange(total)
-            covered = (covered_from[j + 1] - covered_from[np.maximum(j - size + 1, 0)]) > 0
-            out[f"dup_{n}gram_char_frac"] = np.bincount(doc, weights=length * covered, minlength=ndocs)
+            dup_chars = np.zeros(ndocs)
+            # the words covered by the later occurrences: a union of intervals [s, s + size)
+            # over sorted starts s, each counted up to the next start (all in one document)
+            s = rpos[~first_seen]
+            if len(s):
+                stop = np.minimum(s + size, np.append(s[1:], total))
+                dup_chars = np.bincount(doc[s], weights=cum[stop] - cum[s], minlength=ndocs).astype(np.float64)
+            out[f"dup_{n}gram_char_frac"] = dup_chars
         if rep_n and size == scale * rep_n:
             starts = np.maximum(words_per_doc - size + 1, 0)
             out["word_repetition_ratio"] = _div(np.bincount(doc[pos], weights=repeated, minlength=ndocs), starts)
