@@ -140,6 +140,7 @@ class PackTask:
     dtype: str
     val_fraction: float
     seed: int
+    model_sha256: str = ""  # keys the per-process processor cache: a retrained model is reloaded
 
 
 @dataclass
@@ -152,22 +153,27 @@ class ShardSummary:
     min_val_row: int
 
 
-_PROCESSORS: dict[Path, Any] = {}
+_PROCESSORS: dict[tuple[Path, str], Any] = {}
 
 
-def _processor(model: Path) -> Any:
-    """One SentencePiece processor per worker process and model (tasks reuse it)."""
-    if model not in _PROCESSORS:
-        _PROCESSORS[model] = load_processor(model)
-    return _PROCESSORS[model]
+def _processor(model: Path, sha256: str) -> Any:
+    """One SentencePiece processor per process and model (tasks, and the driver, reuse it)."""
+    if (model, sha256) not in _PROCESSORS:
+        _PROCESSORS.clear()  # one model at a time: a stale one is never used again
+        _PROCESSORS[model, sha256] = load_processor(model)
+    return _PROCESSORS[model, sha256]
 
 
 def shard_paths(shard_dir: Path, index: int) -> tuple[Path, Path]:
-    return shard_dir / f"shard-{index:05d}.tokens", shard_dir / f"shard-{index:05d}.parquet"
+    return shard_dir / f"shard-{index:05d}.tokens", shard_dir / f"shard-{index:05d}.arrow"
 
 
 def encode_with_eos(processor: Any, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Flat tokens of `texts`, each followed by EOS, and the token count of each (EOS excluded)."""
+    if processor.eos_id() == EOS_ID:  # SentencePiece appends the EOS: no second pass to insert it
+        ids = encode_texts(processor, texts, add_eos=True)
+        spans = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        return np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(spans.sum())), spans - 1
     ids = encode_texts(processor, texts)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
@@ -175,40 +181,47 @@ def encode_with_eos(processor: Any, texts: list[str], dtype: np.dtype) -> tuple[
 
 
 def pack_shard(task: PackTask, report: Reporter) -> ShardSummary:
-    """Encode one input part into a shard token file and its index."""
-    import pyarrow.compute as pc
+    """Encode one input part into a shard token file and its index.
 
-    processor = _processor(task.model)
+    This loop runs beside SentencePiece and its overhead is what separates pack from the bare
+    encode rate, so it stays lean: pyarrow batches of three columns, the texts turned into
+    Python strings once (SentencePiece needs them), ids and sources kept as Arrow arrays, the
+    index written as uncompressed Arrow IPC (a temporary file the driver reads back once).
+    """
+    processor = _processor(task.model, task.model_sha256)
     dtype = np.dtype(task.dtype)
     tokens_path, index_path = shard_paths(task.shard_dir, task.index)
-    ids: list[str] = []
-    sources: list[str] = []
+    parquet = pq.ParquetFile(task.part, pre_buffer=False)  # one small part, read in one thread: cheapest
+    id_chunks: list[pa.Array] = []
+    source_chunks: list[pa.Array] = []
     lengths: list[np.ndarray] = []
     tokens = 0
-    parquet = pq.ParquetFile(task.part)
     with open(tokens_path, "wb") as f:
-        # pyarrow directly, three columns only: this loop runs beside SentencePiece and its
-        # overhead is what separates pack from the bare encode rate
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=["id", "source", "text"]):
-            text = batch.column("text")
-            texts = pl.Series(text).fill_null("").to_list()  # polars: much faster than to_pylist
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=["id", "source", "text"], use_threads=False):
+            text = pl.Series(batch.column("text"))
+            texts = text.to_list()  # polars: faster than pyarrow's to_pylist on older pyarrow
+            if text.null_count():
+                texts = [t or "" for t in texts]
             flat, n = encode_with_eos(processor, texts, dtype)
-            f.write(flat.tobytes())
+            f.write(flat)
             tokens += flat.size
-            ids.extend(pl.Series(batch.column("id")).to_list())
-            sources.extend(pl.Series(batch.column("source")).fill_null("").to_list())
+            id_chunks.append(batch.column("id"))
+            source_chunks.append(batch.column("source"))
             lengths.append(n)
-            report(batch.num_rows, int(pc.sum(pc.binary_length(text)).as_py() or 0))
+            report(batch.num_rows, int(text.str.len_bytes().sum() or 0))
+    schema = parquet.schema_arrow
     index = pl.DataFrame(
         {
-            "id": pl.Series(ids, dtype=pl.String),
-            "source": pl.Series(sources, dtype=pl.String),
+            "id": pl.Series(pa.chunked_array(id_chunks, schema.field("id").type)).cast(pl.String),
+            "source": pl.Series(pa.chunked_array(source_chunks, schema.field("source").type)).cast(pl.String),
             "length": np.concatenate(lengths).astype(np.int32) if lengths else np.zeros(0, np.int32),
-            "val_hash": doc_unit_hash(ids, VAL_SALT + task.seed),
-            "mix_hash": doc_unit_hash(ids, MIX_SALT + task.seed),
         }
+    ).with_columns(pl.col("source").fill_null(""))
+    ids = index["id"].to_list()
+    index = index.with_columns(
+        val_hash=doc_unit_hash(ids, VAL_SALT + task.seed), mix_hash=doc_unit_hash(ids, MIX_SALT + task.seed)
     )
-    index.write_parquet(index_path)
+    index.write_ipc(index_path, compression="uncompressed")
     in_val = index["val_hash"] < task.val_fraction
     per_source: dict[str, dict[str, int]] = {}
     summary = (
@@ -293,7 +306,7 @@ def _assemble_shard(
     """Copy one shard's documents into train.bin / val.bin (repeats included) and the index."""
     tokens_path, index_path = shard_paths(shard_dir, shard)
     tokens = np.fromfile(tokens_path, dtype=dtype)
-    index = pl.read_parquet(index_path)
+    index = pl.read_ipc(index_path)
     if index.height == 0:
         return
     is_val = (index["val_hash"] < val_fraction).to_numpy().copy()
@@ -310,7 +323,7 @@ def _assemble_shard(
         writer = writers[split]
         lengths = span[selected]
         offsets = writer.tokens + np.cumsum(lengths) - lengths
-        writer.write(tokens[np.repeat(selected, span)])
+        writer.write(tokens if selected.all() else tokens[np.repeat(selected, span)])
         chosen = index.filter(pl.Series(selected))
         index_writer.write_table(
             pa.table(
@@ -355,14 +368,14 @@ def run_pack(
         return StageRun(read_manifest(output_dir) or {}, True, output_dir)
     _check_mix_against_manifest(config.mix, input_manifest)
 
-    vocab_size = load_processor(model).vocab_size()
+    vocab_size = _processor(model.resolve(), tokenizer_sha).vocab_size()  # one worker: pack_shard reuses it
     dtype = token_dtype(vocab_size)
     parts = list_parts(input_dir)
     reset_output(output_dir)
     shard_dir = output_dir / SHARD_DIR
     shard_dir.mkdir()
     tasks = [
-        PackTask(i, p, shard_dir, model.resolve(), dtype.name, config.val_fraction, config.seed)
+        PackTask(i, p, shard_dir, model.resolve(), dtype.name, config.val_fraction, config.seed, tokenizer_sha)
         for i, p in enumerate(parts)
     ]
     summaries: list[ShardSummary] = run_tasks(
@@ -456,7 +469,7 @@ def _merge_sources(summaries: list[ShardSummary]) -> dict[str, dict[str, int]]:
 
 
 def _move_forced_to_val(per_source: dict[str, dict[str, int]], shard_dir: Path, shard: int, row: int) -> None:
-    doc = pl.read_parquet(shard_paths(shard_dir, shard)[1]).row(row, named=True)
+    doc = pl.read_ipc(shard_paths(shard_dir, shard)[1]).row(row, named=True)
     entry = per_source[doc["source"]]
     entry["train_docs"] -= 1
     entry["train_tokens"] -= doc["length"] + 1
