@@ -24,7 +24,9 @@ and peak RSS (ru_maxrss of this process and its children): the memory figure of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
+import io
 import os
 import random
 import re
@@ -221,9 +223,11 @@ def run_datatrove(source: Path, work: Path, bands: int, rows: int) -> set[str]:
          ParquetWriter(str(base / "kept"))],
     ]
     tasks = [1, bands, 1, 1]
-    for step, n_tasks in zip(steps, tasks, strict=True):
-        LocalPipelineExecutor(pipeline=step, tasks=n_tasks, workers=1, logging_dir=str(base / "logs" / str(id(step))),
-                              skip_completed=False).run()
+    # every task re-adds a stderr log sink (and tqdm bars): send them to its log files only
+    with contextlib.redirect_stderr(io.StringIO()):
+        for step, n_tasks in zip(steps, tasks, strict=True):
+            LocalPipelineExecutor(pipeline=step, tasks=n_tasks, workers=1,
+                                  logging_dir=str(base / "logs" / str(id(step))), skip_completed=False).run()
     files = list((base / "removed").glob("*.parquet"))
     return set(pl.concat([pl.read_parquet(f, columns=["id"]) for f in files])["id"]) if files else set()
 

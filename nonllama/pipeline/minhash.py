@@ -26,6 +26,8 @@ that minimizes the integrated false-positive plus false-negative probability for
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import polars as pl
 import xxhash
@@ -177,6 +179,7 @@ def _integrate(f, lo: float, hi: float, points: int = 2001) -> np.ndarray:
     return h / 3 * (y[0] + y[-1] + 4 * y[1:-1:2].sum(axis=0) + 2 * y[2:-1:2].sum(axis=0))
 
 
+@functools.cache  # ~0.1 s of numpy: computed once per process, not once per part
 def optimal_bands(
     threshold: float, num_perm: int, false_positive_weight: float = 0.5
 ) -> tuple[int, int]:
