@@ -92,7 +92,7 @@ def bench_pack(work: Path, repeat: int, copies: int, vocab_size: int) -> tuple[f
         ):
             wall, cpu, result = timed(fn)
             if step == "base":
-                tokens = sum(map(len, result)) + len(texts)  # + one EOS each
+                tokens = sum(map(len, result)) + 2 * len(texts)  # + BOS and EOS each
             b = best.setdefault(step, [math.inf, math.inf])
             best[step] = [min(b[0], wall), min(b[1], cpu)]
     print(f"after:  {load()}")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from nonllama.pipeline.io import read_manifest, read_parts
 from nonllama.pipeline.pack import repeat_factors, token_dtype
-from nonllama.pipeline.tokenizer import EOS_ID, load_processor
+from nonllama.pipeline.tokenizer import BOS_ID, EOS_ID, load_processor
 
 
 def _run(*args):
@@ -49,10 +49,11 @@ def test_every_document_packed_once_and_decodes_back(tmp_path, work, cli):
     for split in ("train", "val"):
         data = np.fromfile(tmp_path / "p" / f"{split}.bin", dtype=np.uint16)
         rows = index.filter(pl.col("split") == split)
-        assert data.size == m["tokens"][split] == int((rows["length"] + 1).sum())
-        assert np.count_nonzero(data == EOS_ID) == rows.height  # EOS only as separators
+        assert data.size == m["tokens"][split] == int((rows["length"] + 2).sum())
+        # BOS and EOS only around documents: BOS before each, EOS after it
+        assert np.count_nonzero(data == EOS_ID) == np.count_nonzero(data == BOS_ID) == rows.height
         for doc_id, offset, length in rows.select("id", "offset", "length").iter_rows():
-            assert data[offset + length] == EOS_ID
+            assert data[offset - 1] == BOS_ID and data[offset + length] == EOS_ID
             assert sp.decode(data[offset : offset + length].tolist()) == texts[doc_id]
     assert 1 <= m["docs"]["val"] < 10  # 0.5 % of ~625, at least one
     per_source = m["per_source"]
@@ -144,3 +145,23 @@ def test_inspect_prints_counts_and_decoded_windows(tmp_path, work, cli):
 def test_token_dtype():
     assert token_dtype(2000) == np.uint16 and token_dtype(65536) == np.uint16
     assert token_dtype(65537) == np.uint32
+
+
+def test_both_encoding_paths_frame_documents_alike(work):
+    """BOS and EOS added by SentencePiece, or inserted afterwards: the same tokens."""
+    from nonllama.pipeline.pack import encode_documents
+
+    sp = load_processor(work / "tokenizer" / "tokenizer.model")
+    texts = ["Once upon a time.", "", "很久很久以前", "a \u2581 block", "x"]
+
+    class InsertsAfterwards:  # a processor whose ids differ from ours: pack inserts BOS and EOS itself
+        def __getattr__(self, name):
+            return getattr(sp, name)
+
+        def bos_id(self):
+            return -1
+
+    one_pass, n1 = encode_documents(sp, texts, np.dtype(np.uint16))
+    inserted, n2 = encode_documents(InsertsAfterwards(), texts, np.dtype(np.uint16))
+    assert one_pass.tolist() == inserted.tolist() and n1.tolist() == n2.tolist()
+    assert one_pass[0] == BOS_ID and one_pass[-1] == EOS_ID and int(n1.sum()) + 2 * len(texts) == len(one_pass)

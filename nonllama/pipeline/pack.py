@@ -2,16 +2,19 @@
 
 `run_pack(input_dir, tokenizer_dir, output_dir, config)` is the stage. It writes
 
-- ``train.bin``, ``val.bin``: the tokens of each document followed by EOS (id 2), back to back,
-  uint16 when the vocabulary fits in 65,536 ids, else uint32 (nanoGPT / llama2.c convention);
+- ``train.bin``, ``val.bin``: each document as BOS (id 1), its tokens, EOS (id 2), back to
+  back, uint16 when the vocabulary fits in 65,536 ids, else uint32 (llama2.c's BOS before each
+  document, nanoGPT's EOS after it). A sequence the model later continues starts with BOS, as
+  every document it was trained on does; EOS teaches it where a document ends;
 - ``index.parquet``: one row per document occurrence: ``id``, ``source``, ``split``,
-  ``offset`` (its first token in that split's file), ``length`` (its tokens, EOS not counted:
-  the EOS sits at offset + length) and ``copy`` (0, 1, ... when mixing repeats a document);
+  ``offset`` (its first text token in that split's file: BOS sits at offset - 1), ``length``
+  (its text tokens: EOS sits at offset + length) and ``copy`` (0, 1, ... when mixing repeats a
+  document);
 - ``_manifest.json``: dtype, vocab size, the tokenizer's sha256, token counts per split and per
-  source (EOS included: what is on disk), the mix asked for and the shares that resulted.
+  source (BOS and EOS included: what is on disk), the mix asked for and the shares that resulted.
 
 How. Workers (one task per input part) encode batches with SentencePiece (C++, one thread per
-worker) and write each part's tokens, EOS appended, to a temporary shard file, plus a small
+worker) and write each part's tokens, BOS and EOS around each document, to a temporary shard file, plus a small
 index (id, source, length, two hash numbers). The driver then decides splits and mixing from
 the indexes and concatenates the shards in part order, so the output is the same bytes whatever
 the number of workers.
@@ -64,6 +67,7 @@ from nonllama.pipeline.io import (
     run_tasks,
 )
 from nonllama.pipeline.tokenizer import (
+    BOS_ID,
     EOS_ID,
     MODEL_NAME,
     doc_unit_hash,
@@ -168,16 +172,21 @@ def shard_paths(shard_dir: Path, index: int) -> tuple[Path, Path]:
     return shard_dir / f"shard-{index:05d}.tokens", shard_dir / f"shard-{index:05d}.arrow"
 
 
-def encode_with_eos(processor: Any, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Flat tokens of `texts`, each followed by EOS, and the token count of each (EOS excluded)."""
-    if processor.eos_id() == EOS_ID:  # SentencePiece appends the EOS: no second pass to insert it
-        ids = encode_texts(processor, texts, add_eos=True)
+DOC_FRAME = 2  # tokens around each document's text on disk: BOS before it, EOS after it
+
+
+def encode_documents(processor: Any, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Flat tokens of `texts`, each as BOS + text + EOS, and the text token count of each."""
+    if processor.bos_id() == BOS_ID and processor.eos_id() == EOS_ID:  # SentencePiece adds both: one pass
+        ids = encode_texts(processor, texts, add_bos=True, add_eos=True)
         spans = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        return np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(spans.sum())), spans - 1
+        return np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(spans.sum())), spans - DOC_FRAME
     ids = encode_texts(processor, texts)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
-    return np.insert(flat, np.cumsum(lengths), dtype.type(EOS_ID)), lengths
+    ends = np.cumsum(lengths)
+    flat = np.insert(flat, ends, dtype.type(EOS_ID))
+    return np.insert(flat, ends - lengths + np.arange(len(ends)), dtype.type(BOS_ID)), lengths
 
 
 def pack_shard(task: PackTask, report: Reporter) -> ShardSummary:
@@ -202,7 +211,7 @@ def pack_shard(task: PackTask, report: Reporter) -> ShardSummary:
             texts = text.to_list()  # polars: faster than pyarrow's to_pylist on older pyarrow
             if text.null_count():
                 texts = [t or "" for t in texts]
-            flat, n = encode_with_eos(processor, texts, dtype)
+            flat, n = encode_documents(processor, texts, dtype)
             f.write(flat)
             tokens += flat.size
             id_chunks.append(batch.column("id"))
@@ -225,7 +234,7 @@ def pack_shard(task: PackTask, report: Reporter) -> ShardSummary:
     in_val = index["val_hash"] < task.val_fraction
     per_source: dict[str, dict[str, int]] = {}
     summary = (
-        index.with_columns(val=in_val, tokens=pl.col("length").cast(pl.Int64) + 1)
+        index.with_columns(val=in_val, tokens=pl.col("length").cast(pl.Int64) + DOC_FRAME)
         .group_by("source", "val")
         .agg(pl.len().alias("docs"), pl.col("tokens").sum())
     )
@@ -312,7 +321,7 @@ def _assemble_shard(
     is_val = (index["val_hash"] < val_fraction).to_numpy().copy()
     if forced_val is not None and forced_val[0] == shard:
         is_val[forced_val[1]] = True
-    span = index["length"].to_numpy().astype(np.int64) + 1  # EOS included
+    span = index["length"].to_numpy().astype(np.int64) + DOC_FRAME  # BOS and EOS included
     whole = np.array([factors.get(s, 0.0) for s in index["source"].to_list()])
     extra = index["mix_hash"].to_numpy() < whole - np.floor(whole)
     copies = np.where(is_val, 0, np.floor(whole).astype(np.int64) + extra)
@@ -322,7 +331,7 @@ def _assemble_shard(
             return
         writer = writers[split]
         lengths = span[selected]
-        offsets = writer.tokens + np.cumsum(lengths) - lengths
+        offsets = writer.tokens + np.cumsum(lengths) - lengths + 1  # the first text token, after BOS
         writer.write(tokens if selected.all() else tokens[np.repeat(selected, span)])
         chosen = index.filter(pl.Series(selected))
         index_writer.write_table(
@@ -332,7 +341,7 @@ def _assemble_shard(
                     "source": chosen["source"].to_arrow(),
                     "split": pa.array([split] * len(lengths), pa.string()),
                     "offset": pa.array(offsets, pa.int64()),
-                    "length": pa.array(lengths - 1, pa.int32()),
+                    "length": pa.array(lengths - DOC_FRAME, pa.int32()),
                     "copy": pa.array(np.full(len(lengths), copy), pa.int32()),
                 },
                 schema=INDEX_SCHEMA,
@@ -416,7 +425,7 @@ def run_pack(
     index = pl.read_parquet(output_dir / INDEX_NAME, columns=["source", "split", "length"])
     mixed = (
         index.group_by("source", "split")
-        .agg(pl.len().alias("docs"), (pl.col("length").cast(pl.Int64) + 1).sum().alias("tokens"))
+        .agg(pl.len().alias("docs"), (pl.col("length").cast(pl.Int64) + DOC_FRAME).sum().alias("tokens"))
         .sort("source", "split")
     )
     for source, split, n_docs, n_tokens in mixed.iter_rows():
@@ -445,9 +454,10 @@ def run_pack(
         "tokenizer": {"dir": str(tokenizer_dir), "model": MODEL_NAME, "sha256": tokenizer_sha},
         "dtype": dtype.name,
         "vocab_size": vocab_size,
+        "bos_id": BOS_ID,
         "eos_id": EOS_ID,
         "rows_in": docs,
-        "tokens": split_tokens,  # EOS included
+        "tokens": split_tokens,  # BOS and EOS included
         "docs": {split: int(index.filter(pl.col("split") == split).height) for split in SPLITS},
         "per_source": dict(sorted(per_source.items())),
         "files": checksums,
@@ -472,9 +482,9 @@ def _move_forced_to_val(per_source: dict[str, dict[str, int]], shard_dir: Path, 
     doc = pl.read_ipc(shard_paths(shard_dir, shard)[1]).row(row, named=True)
     entry = per_source[doc["source"]]
     entry["train_docs"] -= 1
-    entry["train_tokens"] -= doc["length"] + 1
+    entry["train_tokens"] -= doc["length"] + DOC_FRAME
     entry["val_docs"] += 1
-    entry["val_tokens"] += doc["length"] + 1
+    entry["val_tokens"] += doc["length"] + DOC_FRAME
 
 
 def _check_mix_against_manifest(mix: dict[str, float], input_manifest: dict) -> None:
@@ -536,8 +546,8 @@ def inspect_packed(
 
 
 def decode_window(processor: Any, tokens: np.ndarray) -> str:
-    """Text of a token window, document boundaries (EOS) shown as ⟨/s⟩."""
+    """Text of a token window, document ends (EOS) shown as ⟨/s⟩."""
     ends = np.flatnonzero(tokens == EOS_ID)
     pieces = np.split(tokens, ends)
-    texts = [processor.decode([int(t) for t in piece if t != EOS_ID]) for piece in pieces]
+    texts = [processor.decode([int(t) for t in piece if t not in (BOS_ID, EOS_ID)]) for piece in pieces]
     return "⟨/s⟩".join(texts)

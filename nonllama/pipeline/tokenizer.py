@@ -337,20 +337,23 @@ def write_vocab(processor: Any, path: Path) -> None:
             f.write(f"{piece}\t{processor.get_score(i):g}\n")
 
 
-def encode_texts(processor: Any, texts: list[str], num_threads: int = 1, add_eos: bool = False) -> list[list[int]]:
+def encode_texts(processor: Any, texts: list[str], num_threads: int = 1, add_bos: bool = False,
+                 add_eos: bool = False) -> list[list[int]]:
     """`processor.encode`, made lossless for the one character SentencePiece cannot keep.
 
     SentencePiece writes spaces as U+2581 (▁) and decodes every ▁ back to a space, so a literal
     ▁ in the text would come back as ' '. Documents containing one (rare: block drawings) are
     encoded around it, with the ▁ itself as its three byte pieces, which decode to ▁.
-    `add_eos` ends every document's ids with the model's EOS id.
+    `add_bos` / `add_eos` start / end every document's ids with the model's BOS / EOS id.
     """
-    ids = processor.encode(texts, num_threads=num_threads, add_eos=add_eos)
+    ids = processor.encode(texts, num_threads=num_threads, add_bos=add_bos, add_eos=add_eos)
     for i, text in enumerate(texts):
         if _SPACE_MARK in text:
             marker = [processor.piece_to_id(f"<0x{b:02X}>") for b in _SPACE_MARK.encode()]
             pieces = processor.encode(text.split(_SPACE_MARK))
             ids[i] = [t for piece in pieces[:-1] for t in (*piece, *marker)] + pieces[-1]
+            if add_bos:
+                ids[i].insert(0, processor.bos_id())
             if add_eos:
                 ids[i].append(processor.eos_id())
     return ids
