@@ -4,16 +4,19 @@
            -> rmsnorm -> output head -> logits
 
 Rotary embeddings, grouped-query attention through `scaled_dot_product_attention` (flash
-kernels on GPU), SwiGLU feed-forward, optional tied embeddings, a key/value cache for
-generation. Every parameter maps one-to-one onto Hugging Face's `LlamaForCausalLM`
-(`to_hf_state_dict`, `hf_config`): rotary embeddings use the same "rotate half" layout, so
-no weight has to be permuted on the way.
+kernels on GPU), SwiGLU feed-forward, optional tied embeddings. Generation (`Llama.stream`)
+runs the prompt in one pass that fills a key/value cache, then one position per token
+(`Decoder`, the same computation with the weights laid out for matrix-vector products), each
+token drawn by `sample`. Every parameter maps one-to-one onto Hugging Face's
+`LlamaForCausalLM` (`to_hf_state_dict`, `hf_config`): rotary embeddings use the same "rotate
+half" layout, so no weight has to be permuted on the way.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -89,18 +92,18 @@ class RMSNorm(nn.Module):
 
 
 def rotary_table(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of every (position, frequency), each (max_seq_len, head_dim)."""
+    """cos and sin of every (position, frequency), each (max_seq_len, head_dim), the sin of the
+    first half negated (see `apply_rotary`)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.int64).float(), inv_freq)
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos(), angles.sin()
+    return torch.cat((angles, angles), dim=-1).cos(), torch.cat((-angles.sin(), angles.sin()), dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (i, i + head_dim/2) of x (batch, heads, seq, head_dim) by position angles."""
-    half = x.shape[-1] // 2
-    rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return (x * cos + rotated_half * sin).type_as(x)
+    """Rotate pairs (i, i + head_dim/2) of x (batch, heads, seq, head_dim) by position angles:
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin). A roll swaps the halves and the table's
+    sign does the rest: the numbers of Hugging Face's rotate_half, in a quarter of the ops."""
+    return (x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin).type_as(x)
 
 
 class KVCache:
@@ -114,9 +117,9 @@ class KVCache:
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v at positions start.. and return every key and value up to there."""
         end = start + k.shape[2]
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        self.keys[layer].narrow(2, start, k.shape[2]).copy_(k)
+        self.values[layer].narrow(2, start, k.shape[2]).copy_(v)
+        return self.keys[layer].narrow(2, 0, end), self.values[layer].narrow(2, 0, end)
 
 
 class Attention(nn.Module):
@@ -138,6 +141,13 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)
+        if seq == 1:
+            # one new position (decoding): its query may see every cached key, so no mask; the
+            # `group` query heads that share a key/value head are laid along the query axis,
+            # which spares copying the keys and values for every head
+            group = self.n_heads // self.n_kv_heads
+            out = F.scaled_dot_product_attention(q.view(batch, self.n_kv_heads, group, self.head_dim), k, v)
+            return self.wo(out.reshape(batch, 1, -1))
         if self.n_kv_heads != self.n_heads:
             # query head h reads key/value head h // group, as in Hugging Face's repeat_kv
             group = self.n_heads // self.n_kv_heads
@@ -207,10 +217,8 @@ class Llama(nn.Module):
             nn.init.normal_(block.attention.wo.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.feed_forward.w2.weight, mean=0.0, std=residual_std)
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (batch, seq, vocab) for `tokens` (batch, seq) at positions start..;
-        with `targets`, also the mean cross-entropy loss."""
+    def features(self, tokens: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+        """The last block's output, normalised (batch, seq, dim): what the output head reads."""
         seq = tokens.shape[1]
         if start + seq > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + seq} tokens is longer than max_seq_len {self.config.max_seq_len}")
@@ -218,7 +226,13 @@ class Llama(nn.Module):
         cos, sin = self.rope_cos[start:start + seq], self.rope_sin[start:start + seq]
         for block in self.layers:
             x = block(x, cos, sin, cache, start)
-        logits = self.output(self.norm(x))
+        return self.norm(x)
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (batch, seq, vocab) for `tokens` (batch, seq) at positions start..;
+        with `targets`, also the mean cross-entropy loss."""
+        logits = self.output(self.features(tokens, cache, start))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
@@ -237,31 +251,112 @@ class Llama(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    @torch.no_grad()
+    @torch.inference_mode()
+    def stream(self, tokens: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+               generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Continue `tokens` (batch, seq): yield each new position's tokens (batch, 1).
+
+        The prompt goes through the model in one pass that fills the key/value cache; after
+        that, each new token costs one position (`Decoder.step`). Stops after `max_new_tokens`, at the end of
+        the context (max_seq_len positions in all), or once every row has produced `eos_id`.
+        """
+        batch, length = tokens.shape
+        max_new_tokens = min(max_new_tokens, self.config.max_seq_len - length)
+        if max_new_tokens <= 0:
+            return
+        cache = KVCache(self.config, batch, tokens.device, self.rope_cos.dtype)
+        decoder = Decoder(self)
+        logits = decoder.head(self.features(tokens, cache, 0)[:, -1])  # the last position's only
+        finished = torch.zeros(batch, 1, dtype=torch.bool, device=tokens.device)
+        for i in range(max_new_tokens):
+            next_token = sample(logits, temperature, top_k, top_p, generator)
+            yield next_token
+            if eos_id is not None:
+                finished |= next_token == eos_id
+                if bool(finished.all()):
+                    return
+            if i + 1 < max_new_tokens:
+                logits = decoder.step(next_token, cache, length + i)
+
     def generate(self, tokens: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, eos_id: int | None = None,
+                 top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Continue `tokens` (batch, seq) by sampling, one position at a time from the cache."""
-        max_new_tokens = min(max_new_tokens, self.config.max_seq_len - tokens.shape[1])
-        cache = KVCache(self.config, tokens.shape[0], tokens.device, self.rope_cos.dtype)
-        logits, _ = self(tokens, cache=cache, start=0)
-        start = tokens.shape[1]
-        for _ in range(max_new_tokens):
-            last = logits[:, -1, :].float()
-            if temperature <= 0:
-                next_token = last.argmax(dim=-1, keepdim=True)
-            else:
-                last = last / temperature
-                if top_k is not None:
-                    kth = torch.topk(last, min(top_k, last.size(-1))).values[:, -1:]
-                    last = last.masked_fill(last < kth, float("-inf"))
-                next_token = torch.multinomial(F.softmax(last, dim=-1), 1, generator=generator)
-            tokens = torch.cat((tokens, next_token), dim=1)
-            if eos_id is not None and bool((next_token == eos_id).all()):
-                break
-            logits, _ = self(next_token, cache=cache, start=start)
-            start += 1
-        return tokens
+        """`tokens` (batch, seq) followed by what `stream` produces for them."""
+        new = list(self.stream(tokens, max_new_tokens, temperature, top_k, top_p, eos_id, generator))
+        return torch.cat([tokens, *new], dim=1)
+
+
+class Decoder:
+    """One new position from the key/value cache, computed as `Llama.forward` computes it (up
+    to float rounding) but laid out for speed. A decoding step multiplies one vector by every
+    weight matrix, which a CPU does 2-3x faster with the matrix stored (in, out) than with
+    nn.Linear's (out, in); q, k, v and gate, up are fused into one matrix each, and q and k are
+    rotated in one go, which halves the calls. The weights are copied once, when it is made."""
+
+    def __init__(self, model: Llama):
+        self.model = model
+        with torch.no_grad():
+            self.layers = [(
+                block.attention_norm,
+                torch.cat([block.attention.wq.weight, block.attention.wk.weight, block.attention.wv.weight]).t().contiguous(),
+                block.attention.wo.weight.t().contiguous(),
+                block.ffn_norm,
+                torch.cat([block.feed_forward.w1.weight, block.feed_forward.w3.weight]).t().contiguous(),
+                block.feed_forward.w2.weight.t().contiguous(),
+            ) for block in model.layers]
+            self.output = model.output.weight.t().contiguous()
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the normalised last hidden states (..., dim)."""
+        return features @ self.output
+
+    def step(self, tokens: torch.Tensor, cache: KVCache, position: int) -> torch.Tensor:
+        """Logits (batch, vocab) after `tokens` (batch, 1) at `position`; the cache holds the
+        positions before it and gains this one."""
+        c = self.model.config
+        batch, heads, kv_heads = tokens.shape[0], c.n_heads, c.n_kv_heads
+        x = self.model.tok_embeddings(tokens[:, 0])  # (batch, dim)
+        cos, sin = self.model.rope_cos[position], self.model.rope_sin[position]
+        for layer, (attention_norm, wqkv, wo, ffn_norm, w13, w2) in enumerate(self.layers):
+            qkv = (_rms_norm(x, attention_norm) @ wqkv).view(batch, heads + 2 * kv_heads, c.head_dim)
+            qk = apply_rotary(qkv[:, :heads + kv_heads], cos, sin)
+            # as in Attention.forward for one position: the query heads of a group along the
+            # query axis, every cached key visible
+            q = qk[:, :heads].view(batch, kv_heads, heads // kv_heads, c.head_dim)
+            keys, values = cache.update(layer, position, qk[:, heads:, None], qkv[:, heads + kv_heads:, None])
+            x = x + F.scaled_dot_product_attention(q, keys, values).reshape(batch, -1) @ wo
+            gate, up = (_rms_norm(x, ffn_norm) @ w13).split(c.ffn_dim, dim=-1)
+            x = x + (F.silu(gate) * up) @ w2
+        return self.head(_rms_norm(x, self.model.norm))
+
+
+def _rms_norm(x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+    """norm(x), in one op where torch has it (2.4 on; the same numbers in float32)."""
+    return F.rms_norm(x, x.shape[-1:], norm.weight, norm.eps) if hasattr(F, "rms_norm") else norm(x)
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of `logits` (batch, vocab), as (batch, 1).
+
+    temperature <= 0: the argmax (greedy). Otherwise from softmax(logits / temperature),
+    restricted to the `top_k` most likely tokens and to the smallest set of most likely
+    tokens whose probabilities add up to `top_p` (nucleus sampling), when given.
+    """
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token when the more likely ones already reach top_p (the first always stays)
+        outside = probs.cumsum(dim=-1) - probs >= top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
 
 
 # --------------------------------------------------------------------------- Hugging Face names

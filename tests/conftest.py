@@ -27,13 +27,13 @@ def corpora() -> Path:
 
 @pytest.fixture
 def cli():
-    """Run `nonllama ARGS...` in-process; returns the click Result."""
+    """Run `nonllama ARGS...` in-process (`input`: its stdin); returns the click Result."""
     from nonllama.cli import app
 
     runner = CliRunner()
 
-    def invoke(*args: str, expect: int | None = 0):
-        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    def invoke(*args: str, expect: int | None = 0, input: str | None = None):
+        result = runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
         if expect is not None:
             assert result.exit_code == expect, (result.exit_code, result.output)
         return result

@@ -12,42 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_runs import TINY, VOCAB, one_line, one_thread, write_corpus  # noqa: F401 - one_thread: a fixture
 
 from nonllama.train.config import TrainConfig
 from nonllama.train.loop import lr_at
 
-VOCAB = 64
-TINY = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "8", "--lr", "3e-3", "--warmup", "5",
-        "--eval-batches", "4"]
-
-
-def write_corpus(packed: Path, seed: int = 0) -> np.ndarray:
-    """A packed/ directory of documents, each one of 8 fixed 10-token sentences between BOS and
-    EOS: a model can learn every token but the choice of sentence."""
-    rng = np.random.default_rng(seed)
-    sentences = [rng.integers(4, VOCAB, size=10) for _ in range(8)]
-
-    def documents(n: int) -> np.ndarray:
-        return np.concatenate([[1, *sentences[rng.integers(0, 8)], 2] for _ in range(n)]).astype(np.uint16)
-
-    train, val = documents(1500), documents(150)
-    packed.mkdir(parents=True)
-    train.tofile(packed / "train.bin")
-    val.tofile(packed / "val.bin")
-    (packed / "_manifest.json").write_text(json.dumps({
-        "dtype": "uint16", "vocab_size": VOCAB, "tokenizer_digest": "sha256:fixture",
-        "tokens": {"train": len(train), "val": len(val)}}))
-    return train
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine threads that spin
-    waiting for each other make a step several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -61,11 +31,6 @@ def records(run: Path, split: str) -> list[dict]:
     # timing differs between runs; everything else must not
     return [{k: v for k, v in r.items() if k != "tokens_per_s"}
             for r in map(json.loads, lines) if r["split"] == split]
-
-
-def one_line(output: str) -> str:
-    """The message without the line breaks rich adds at the terminal's width."""
-    return output.replace("\n", "")
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:

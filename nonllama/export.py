@@ -1,0 +1,472 @@
+"""`nonllama export`: a trained run as files that other tools load.
+
+``hf``       a directory that `transformers` loads with `AutoModelForCausalLM.from_pretrained`
+             and `AutoTokenizer.from_pretrained`: config.json, generation_config.json,
+             model.safetensors (fp32), tokenizer.json (+ tokenizer_config.json,
+             special_tokens_map.json, and the SentencePiece tokenizer.model itself).
+``llama2c``  model.bin in the version-0 layout that llama2.c's run.c reads, and tokenizer.bin
+             in its tokenizer layout, written beside it unless --tokenizer-out says where.
+``gguf``     one model.gguf file for llama.cpp (fp32, architecture "llama", the SentencePiece
+             vocabulary inside), written with the `gguf` package.
+
+The conventions of the other side, and what is done about them:
+
+- Rotary embeddings. nonllama (like Hugging Face) rotates the pairs (i, i + head_dim/2) of each
+  head; run.c and llama.cpp's "llama" architecture rotate adjacent pairs (2i, 2i+1). The rows
+  of wq and wk are permuted per head so that pair i lands on (2i, 2i+1): attention scores do not
+  depend on the order of a head's dimensions, only on which dimensions are rotated together.
+- run.c hard-codes rope theta 10000 and RMSNorm eps 1e-5, so a run with others is refused for
+  llama2c (the hf and gguf files carry both values).
+- run.c's tokenizer assumes BOS = 1 and EOS = 2 (ours already), looks up a single-space piece
+  " " for the dummy prefix it puts before every prompt, and in byte fallback takes the piece of
+  byte b to be id b + 3. Our byte pieces sit at 5.. (after <pad> and the newline piece), so the
+  llama2c export renumbers the vocabulary: unk, BOS, EOS, the 256 bytes, then every other piece
+  in its order; the embedding and output rows are permuted to match. Without a "▁" piece the
+  byte piece of 0x20 is written as " " (it decodes to a space either way).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nonllama.model import Llama, ModelConfig, hf_config, to_hf_state_dict
+from nonllama.pipeline.io import StageError, atomic_path, atomic_write_text
+
+FORMATS = ("hf", "llama2c", "gguf")
+SPACE_MARK = "\u2581"  # SentencePiece's space
+
+# SentencePiece piece types (sentencepiece_model.proto); GGUF's token types use the same numbers
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+UNIGRAM_MODEL, BPE_MODEL = 1, 2
+
+
+# --------------------------------------------------------------------------- SentencePiece model
+
+
+@dataclass
+class SpmModel:
+    """What an export needs of a SentencePiece model file: its pieces and how it was trained."""
+
+    pieces: list[tuple[str, float, int]]  # (piece, score, type) by id
+    model_type: int = UNIGRAM_MODEL
+    add_dummy_prefix: bool = True
+    byte_fallback: bool = False
+    ids: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ids = {piece: i for i, (piece, _, _) in enumerate(self.pieces)}
+
+    def of_type(self, kind: int) -> list[int]:
+        return [i for i, (_, _, t) in enumerate(self.pieces) if t == kind]
+
+    def byte_ids(self) -> list[int]:
+        """The id of each byte's piece <0x00>..<0xFF>, in byte order."""
+        found = {int(self.pieces[i][0][3:5], 16): i for i in self.of_type(BYTE)}
+        if sorted(found) != list(range(256)):
+            raise StageError("the tokenizer has no byte fallback pieces <0x00>..<0xFF>")
+        return [found[b] for b in range(256)]
+
+
+def read_spm_model(path: Path) -> SpmModel:
+    """Parse a SentencePiece `.model` file (a protobuf ModelProto) without the protobuf package:
+    the pieces (field 1), the trainer's model type and byte fallback (field 2) and the
+    normalizer's add_dummy_prefix (field 3)."""
+    data = Path(path).read_bytes()
+    pieces: list[tuple[str, float, int]] = []
+    model_type, byte_fallback, add_dummy_prefix = UNIGRAM_MODEL, False, True
+    try:
+        for number, value in _proto_fields(data):
+            if number == 1:  # SentencePiece {piece = 1; score = 2; type = 3 [default NORMAL]}
+                piece, score, kind = "", 0.0, NORMAL
+                for n, v in _proto_fields(value):
+                    if n == 1:
+                        piece = v.decode("utf-8")
+                    elif n == 2:
+                        score = struct.unpack("<f", v)[0]
+                    elif n == 3:
+                        kind = v
+                pieces.append((piece, score, kind))
+            elif number == 2:  # TrainerSpec {model_type = 3; byte_fallback = 35}
+                for n, v in _proto_fields(value):
+                    if n == 3:
+                        model_type = v
+                    elif n == 35:
+                        byte_fallback = bool(v)
+            elif number == 3:  # NormalizerSpec {add_dummy_prefix = 3}
+                for n, v in _proto_fields(value):
+                    if n == 3:
+                        add_dummy_prefix = bool(v)
+    except (IndexError, UnicodeDecodeError, struct.error, ValueError) as e:
+        raise StageError(f"{path}: not a SentencePiece model ({e})") from None
+    if not pieces:
+        raise StageError(f"{path}: not a SentencePiece model (no pieces)")
+    return SpmModel(pieces, model_type, add_dummy_prefix, byte_fallback)
+
+
+def _proto_fields(data: bytes):
+    """(field number, value) of each field of a protobuf message: ints for varints, bytes for
+    length-delimited and fixed-width fields."""
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(data, i)
+        elif wire == 1:
+            value, i = data[i:i + 8], i + 8
+        elif wire == 2:
+            size, i = _varint(data, i)
+            value, i = data[i:i + size], i + size
+        elif wire == 5:
+            value, i = data[i:i + 4], i + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield number, value
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def hf_tokenizer(spm: SpmModel) -> Any:
+    """A `tokenizers.Tokenizer` that encodes and decodes as the SentencePiece model does.
+
+    The project's tokenizers add no dummy prefix and normalize nothing, so the pipeline is:
+    spaces to ▁ (Metaspace, no prefix, no split: SentencePiece pieces never span a word
+    boundary anyway), the same BPE merges (derived from the piece scores, as transformers'
+    converter does) or unigram scores, byte fallback, user-defined pieces (the newline) matched
+    first; decoding maps ▁ back to spaces and fuses byte pieces. BOS is added in front.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE, Unigram
+
+    unk = spm.of_type(UNKNOWN)[0] if spm.of_type(UNKNOWN) else 0
+    if spm.model_type == BPE_MODEL:
+        model = BPE(vocab=dict(spm.ids), merges=_bpe_merges(spm), unk_token=spm.pieces[unk][0],
+                    fuse_unk=True, byte_fallback=spm.byte_fallback)
+    elif spm.model_type == UNIGRAM_MODEL:
+        # SentencePiece never matches text against a byte or control piece (literal "<0x41>"
+        # or "<s>" is text); a score no path would choose keeps the Viterbi search off them too.
+        # Left over: where "<" itself is not a piece, such literal text still comes out as that
+        # one piece here (in SentencePiece as byte pieces)
+        scores = [(piece, -1e6 if kind in (BYTE, CONTROL) else score) for piece, score, kind in spm.pieces]
+        model = Unigram(scores, unk_id=unk, byte_fallback=spm.byte_fallback)
+    else:
+        raise StageError(f"SentencePiece model type {spm.model_type} (word or char): only bpe and unigram export")
+    tokenizer = Tokenizer(model)
+    prepend = "first" if spm.add_dummy_prefix else "never"
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE_MARK, prepend_scheme=prepend, split=False)
+    steps = [decoders.Replace(SPACE_MARK, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if spm.add_dummy_prefix:
+        steps.append(decoders.Strip(content=" ", left=1))
+    tokenizer.decoder = decoders.Sequence(steps)
+    specials = [spm.pieces[i][0] for i in (*spm.of_type(UNKNOWN), *spm.of_type(CONTROL))]
+    tokenizer.add_special_tokens([AddedToken(p, special=True, normalized=False) for p in specials])
+    tokenizer.add_tokens([AddedToken(spm.pieces[i][0], special=False, normalized=False)
+                          for i in spm.of_type(USER_DEFINED)])
+    bos = spm.pieces[1][0]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, 1)])
+    return tokenizer
+
+
+def _bpe_merges(spm: SpmModel) -> list[tuple[str, str]]:
+    """Every split of a learned piece into two pieces, ranked by the piece's score: BPE with
+    these merges picks the pair SentencePiece picks (the one whose union scores highest)."""
+    normal = {spm.pieces[i][0] for i in spm.of_type(NORMAL)}
+    merges = []
+    for i in spm.of_type(NORMAL):
+        piece, score, _ = spm.pieces[i]
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in normal and right in normal:
+                merges.append((-score, spm.ids[left], spm.ids[right], left, right))
+    return [(left, right) for *_, left, right in sorted(merges)]
+
+
+# --------------------------------------------------------------------------- the formats
+
+
+@dataclass
+class Exported:
+    format: str
+    files: list[Path]
+    notes: list[str] = field(default_factory=list)
+
+
+def export_run(fmt: str, out: Path, run: Path | None = None, checkpoint: str | Path | None = None,
+               tokenizer: Path | None = None, tokenizer_out: Path | None = None) -> Exported:
+    """Write the run's model (latest checkpoint, or --checkpoint) in format `fmt` to `out`."""
+    from nonllama.generate import load_run
+
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    loaded = load_run(run, checkpoint, tokenizer)
+    spm = read_spm_model(loaded.tokenizer)
+    if fmt == "hf":
+        return export_hf(loaded.model, spm, loaded.tokenizer, Path(out))
+    if fmt == "llama2c":
+        return export_llama2c(loaded.model, spm, Path(out), tokenizer_out)
+    return export_gguf(loaded.model, spm, Path(out), name=loaded.run.name)
+
+
+def _require(*modules: str, fmt: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise StageError(f"--format {fmt} needs {' and '.join(missing)}: pip install 'nonllama[export]'")
+
+
+# ---- Hugging Face
+
+
+def export_hf(model: Llama, spm: SpmModel, tokenizer_model: Path, out: Path) -> Exported:
+    """A `transformers` directory: LlamaForCausalLM weights and config, and a fast tokenizer."""
+    _require("safetensors", "tokenizers", fmt="hf")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"-o {out}: exists and is not a directory")
+    files = write_hf_model(model, out, pad_token_id=spm.ids.get("<pad>"))
+    files += write_hf_tokenizer(spm, tokenizer_model, out, model.config.max_seq_len)
+    return Exported("hf", files)
+
+
+def write_hf_model(model: Llama, out: Path, pad_token_id: int | None = None) -> list[Path]:
+    """config.json, generation_config.json and model.safetensors (fp32; a tied head is stored
+    once, as the embedding, and config.json says it is tied)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **hf_config(model.config),
+              "pad_token_id": pad_token_id, "torch_dtype": "float32"}
+    generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": pad_token_id}
+    files = [out / "config.json", out / "generation_config.json", out / "model.safetensors"]
+    atomic_write_text(files[0], json.dumps(config, indent=2) + "\n")
+    atomic_write_text(files[1], json.dumps(generation, indent=2) + "\n")
+    weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in to_hf_state_dict(model).items()}
+    with atomic_path(files[2]) as tmp:
+        save_file(weights, str(tmp), metadata={"format": "pt"})
+    return files
+
+
+def write_hf_tokenizer(spm: SpmModel, tokenizer_model: Path, out: Path, max_length: int) -> list[Path]:
+    """tokenizer.json (see `hf_tokenizer`), its tokenizer_config.json and special_tokens_map.json,
+    and a copy of the SentencePiece model (what llama.cpp's converter reads)."""
+    files = [out / "tokenizer.json", out / "tokenizer_config.json", out / "special_tokens_map.json",
+             out / "tokenizer.model"]
+    with atomic_path(files[0]) as tmp:
+        hf_tokenizer(spm).save(str(tmp))
+    specials = {"bos_token": spm.pieces[1][0], "eos_token": spm.pieces[2][0], "unk_token": spm.pieces[0][0]}
+    if "<pad>" in spm.ids:
+        specials["pad_token"] = "<pad>"
+    atomic_write_text(files[1], json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **specials,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        # text that spells "<s>" is text, as in SentencePiece, not the BOS token
+        "split_special_tokens": True,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": max_length,
+    }, indent=2) + "\n")
+    atomic_write_text(files[2], json.dumps(specials, indent=2) + "\n")
+    with atomic_path(files[3]) as tmp:
+        shutil.copyfile(tokenizer_model, tmp)
+    return files
+
+
+# ---- llama2.c
+
+
+def interleave_rotary(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rows of a query or key projection from rotate-half order (pairs i, i + head_dim/2 of each
+    head) to adjacent pairs (2i, 2i + 1): the inverse of the permutation Hugging Face's
+    convert_llama_weights_to_hf applies."""
+    rows, cols = weight.shape
+    return weight.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def llama2c_problems(config: ModelConfig, spm: SpmModel) -> list[str]:
+    """Why run.c could not run this model as trained (empty: it can)."""
+    problems = []
+    if config.rope_theta != 10000.0:
+        problems.append(f"rope theta {config.rope_theta:g}: run.c hard-codes 10000")
+    if config.norm_eps != 1e-5:
+        problems.append(f"RMSNorm eps {config.norm_eps:g}: run.c hard-codes 1e-5")
+    if config.n_heads * config.head_dim != config.dim:
+        problems.append(f"head size {config.head_dim} x {config.n_heads} heads != dim {config.dim}: run.c takes dim / n_heads")
+    if config.head_dim % 2:
+        problems.append(f"head size {config.head_dim} is odd: run.c rotates pairs of dimensions")
+    if len(spm.pieces) != config.vocab_size:
+        problems.append(f"the tokenizer has {len(spm.pieces)} pieces, the model {config.vocab_size}")
+    if [spm.pieces[i][2] for i in (1, 2)] != [CONTROL, CONTROL]:
+        problems.append("BOS and EOS are not ids 1 and 2, which run.c assumes")
+    if len(spm.of_type(BYTE)) != 256:
+        problems.append("the tokenizer has no byte fallback pieces, which run.c's encoder assumes")
+    return problems
+
+
+def llama2c_order(spm: SpmModel) -> list[int]:
+    """Our id of each llama2.c id: 0, 1, 2 (unk, BOS, EOS) stay; the piece of byte b goes to
+    b + 3, where run.c's byte fallback looks for it; the other pieces follow in their order."""
+    head = [0, 1, 2]
+    byte_ids = spm.byte_ids()
+    placed = set(head) | set(byte_ids)
+    return head + byte_ids + [i for i in range(len(spm.pieces)) if i not in placed]
+
+
+def llama2c_tokenizer_entries(spm: SpmModel, order: list[int]) -> list[tuple[float, bytes]]:
+    """(score, bytes) of each token of tokenizer.bin, as llama2.c's tokenizer.py writes them:
+    ▁ as a space, BOS and EOS as "\\n<s>\\n" and "\\n</s>\\n", byte pieces as "<0xNN>" (run.c
+    parses that form back into the byte)."""
+    space_piece = SPACE_MARK in spm.ids
+    entries = []
+    for i in order:
+        piece, score, kind = spm.pieces[i]
+        if i == 1:
+            piece = "\n<s>\n"
+        elif i == 2:
+            piece = "\n</s>\n"
+        elif kind == BYTE and piece == "<0x20>" and not space_piece:
+            piece = " "  # run.c's encoder looks up " " for every prompt's dummy prefix
+        else:
+            piece = piece.replace(SPACE_MARK, " ")
+        entries.append((score, piece.encode("utf-8")))
+    return entries
+
+
+def export_llama2c(model: Llama, spm: SpmModel, out: Path, tokenizer_out: Path | None = None) -> Exported:
+    """model.bin (llama2.c version 0) and tokenizer.bin."""
+    config = model.config
+    problems = llama2c_problems(config, spm)
+    if problems:
+        raise StageError("--format llama2c: run.c cannot run this model: " + "; ".join(problems))
+    tokenizer_out = Path(tokenizer_out) if tokenizer_out is not None else out.with_name("tokenizer.bin")
+    if tokenizer_out.resolve() == out.resolve():
+        raise ValueError(f"-o {out} and --tokenizer-out {tokenizer_out} are the same file")
+    order = torch.tensor(llama2c_order(spm))
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    layers = range(config.n_layers)
+
+    def per_layer(name: str) -> list[torch.Tensor]:
+        return [state[f"layers.{i}.{name}.weight"] for i in layers]
+
+    tied = config.tie_embeddings
+    header = struct.pack("7i", config.dim, config.ffn_dim, config.n_layers, config.n_heads, config.n_kv_heads,
+                         config.vocab_size if tied else -config.vocab_size, config.max_seq_len)
+    # run.c skips these (it computes its own); version 0 still has room for them
+    angles = torch.outer(torch.arange(config.max_seq_len).float(),
+                         1.0 / config.rope_theta ** (torch.arange(0, config.head_dim, 2).float() / config.head_dim))
+    tensors = [
+        [state["tok_embeddings.weight"][order]],
+        per_layer("attention_norm"),
+        [interleave_rotary(w, config.n_heads) for w in per_layer("attention.wq")],
+        [interleave_rotary(w, config.n_kv_heads) for w in per_layer("attention.wk")],
+        per_layer("attention.wv"),
+        per_layer("attention.wo"),
+        per_layer("ffn_norm"),
+        per_layer("feed_forward.w1"),
+        per_layer("feed_forward.w2"),
+        per_layer("feed_forward.w3"),
+        [state["norm.weight"]],
+        [angles.cos(), angles.sin()],
+        [] if tied else [state["output.weight"][order]],
+    ]
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        f.write(header)
+        for group in tensors:
+            for t in group:
+                f.write(t.contiguous().numpy().astype("<f4").tobytes())
+    entries = llama2c_tokenizer_entries(spm, order.tolist())
+    with atomic_path(tokenizer_out) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<i", max(len(b) for _, b in entries)))
+        for score, piece in entries:
+            f.write(struct.pack("<fi", score, len(piece)))
+            f.write(piece)
+    notes = []
+    if order.tolist() != list(range(len(order))):
+        notes.append("token ids renumbered so that byte b is id b + 3, as run.c's byte fallback expects "
+                     "(unk, BOS, EOS keep 0, 1, 2)")
+    if SPACE_MARK not in spm.ids:
+        notes.append('no "▁" piece: the byte piece <0x20> is written as " " for run.c\'s dummy prefix')
+    notes.append("run.c puts a space before every prompt (SentencePiece's dummy prefix; this tokenizer adds none)")
+    return Exported("llama2c", [out, tokenizer_out], notes)
+
+
+# ---- GGUF
+
+
+def export_gguf(model: Llama, spm: SpmModel, out: Path, name: str = "nonllama") -> Exported:
+    """One .gguf file for llama.cpp: architecture "llama", fp32 tensors, the SentencePiece vocabulary."""
+    _require("gguf", fmt="gguf")
+    import gguf
+
+    config = model.config
+    if len(spm.pieces) != config.vocab_size:
+        raise StageError(f"--format gguf: the tokenizer has {len(spm.pieces)} pieces, the model {config.vocab_size}")
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    names = {  # ours -> llama.cpp's, for layer i
+        "attention_norm": "attn_norm", "attention.wq": "attn_q", "attention.wk": "attn_k",
+        "attention.wv": "attn_v", "attention.wo": "attn_output", "ffn_norm": "ffn_norm",
+        "feed_forward.w1": "ffn_gate", "feed_forward.w2": "ffn_down", "feed_forward.w3": "ffn_up",
+    }
+    with atomic_path(out) as tmp:
+        writer = gguf.GGUFWriter(tmp, "llama")
+        writer.add_name(name)
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+        writer.add_context_length(config.max_seq_len)
+        writer.add_embedding_length(config.dim)
+        writer.add_block_count(config.n_layers)
+        writer.add_feed_forward_length(config.ffn_dim)
+        writer.add_head_count(config.n_heads)
+        writer.add_head_count_kv(config.n_kv_heads)
+        writer.add_rope_dimension_count(config.head_dim)
+        writer.add_rope_freq_base(config.rope_theta)
+        writer.add_layer_norm_rms_eps(config.norm_eps)
+        writer.add_vocab_size(config.vocab_size)
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list([piece for piece, _, _ in spm.pieces])
+        writer.add_token_scores([score for _, score, _ in spm.pieces])
+        writer.add_token_types([kind for _, _, kind in spm.pieces])
+        writer.add_unk_token_id(0)
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+        if (pad := spm.ids.get("<pad>")) is not None:
+            writer.add_pad_token_id(pad)
+        writer.add_add_bos_token(True)
+        writer.add_add_eos_token(False)
+        writer.add_add_space_prefix(spm.add_dummy_prefix)
+
+        def add(gguf_name: str, tensor: torch.Tensor) -> None:
+            writer.add_tensor(gguf_name, tensor.contiguous().numpy().astype(np.float32))
+
+        add("token_embd.weight", state["tok_embeddings.weight"])
+        for i in range(config.n_layers):
+            for ours, theirs in names.items():
+                w = state[f"layers.{i}.{ours}.weight"]
+                if ours in ("attention.wq", "attention.wk"):  # llama.cpp's "llama" rotates adjacent pairs
+                    w = interleave_rotary(w, config.n_heads if ours == "attention.wq" else config.n_kv_heads)
+                add(f"blk.{i}.{theirs}.weight", w)
+        add("output_norm.weight", state["norm.weight"])
+        if not config.tie_embeddings:  # without it llama.cpp uses token_embd
+            add("output.weight", state["output.weight"])
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return Exported("gguf", [out], ["not run through llama.cpp here: read back and checked with gguf's reader"])

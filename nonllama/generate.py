@@ -1,0 +1,299 @@
+"""`nonllama generate`: text from a trained run, streamed to the terminal as it is produced.
+
+- `load_run` finds a run's checkpoint (the latest, or the one asked for) and its tokenizer
+  (`<run>/tokenizer.model`, which `train` copies there) and builds the model.
+- `encode_prompt`: BOS, then the prompt's tokens. An empty prompt is BOS alone. A prompt that
+  leaves no room in the context is refused: the context is the model's `max_seq_len`, which
+  is the `--seq-len` the run was trained with (the rotary table stops there, and the model has
+  never seen a position past it), and prompt plus generated tokens must fit in it.
+- `generate`: the prompt goes through the model in one pass that fills the key/value cache,
+  then each new token costs one position (`Llama.stream`). Stops at EOS, at
+  `max_new_tokens`, or at the end of the context.
+- `TextStream` turns the ids into text as they come without ever emitting a broken UTF-8
+  sequence: a character outside the vocabulary arrives as 2-4 byte-fallback tokens, and its
+  bytes are held back until the character is complete.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nonllama.model import Llama, ModelConfig
+from nonllama.pipeline.io import StageError, atomic_write_text
+from nonllama.pipeline.tokenizer import BOS_ID, EOS_ID, MODEL_NAME, encode_texts, load_processor
+from nonllama.train.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
+
+_SPACE_MARK = "\u2581"
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+# SentencePiece decodes each byte that is not part of a valid UTF-8 character to one U+FFFD
+codecs.register_error("nonllama-per-byte", lambda e: ("\ufffd" * (e.end - e.start), e.end))
+
+
+@dataclass
+class LoadedRun:
+    model: Llama
+    processor: Any  # sentencepiece.SentencePieceProcessor
+    run: Path
+    checkpoint: Path
+    tokenizer: Path
+    step: int | None
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+
+def find_checkpoint(run: Path | None, checkpoint: str | Path | None) -> tuple[Path, Path]:
+    """(run directory, checkpoint file) from --run and --checkpoint: the run's latest checkpoint
+    by default; --checkpoint a file, or a step number of the run."""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if run is not None and not path.exists() and str(checkpoint).isdigit():
+            path = checkpoint_path(run, int(str(checkpoint)))
+        if not path.is_file():
+            raise FileNotFoundError(f"--checkpoint {checkpoint}: no such checkpoint file")
+        return (Path(run) if run is not None else path.parent.parent), path
+    if run is None:
+        raise ValueError("--run: which run? Give the run directory `nonllama train` wrote (e.g. work/runs/15m)")
+    run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"--run {run}: no such directory")
+    path = latest_checkpoint(run)
+    if path is None:
+        raise FileNotFoundError(f"--run {run}: no checkpoint in {run / 'checkpoints'} (has it trained?)")
+    return run, path
+
+
+def load_run(run: Path | None = None, checkpoint: str | Path | None = None, tokenizer: Path | None = None,
+             device: str | torch.device = "cpu") -> LoadedRun:
+    """The model of a checkpoint, in eval mode on `device`, and the tokenizer it was trained with."""
+    run, path = find_checkpoint(run, checkpoint)
+    state = load_checkpoint(path)
+    if "model" not in state or "model_config" not in state:
+        raise StageError(f"{path}: not a nonllama training checkpoint (no model or model_config)")
+    config = ModelConfig(**state["model_config"])
+    model = Llama(config)
+    model.load_state_dict(state["model"])
+    model.eval().to(device)
+    tokenizer = Path(tokenizer) if tokenizer is not None else run / MODEL_NAME
+    if not tokenizer.is_file():
+        raise FileNotFoundError(f"{tokenizer} not found: pass the run's tokenizer with --tokenizer "
+                                "(train copies <workdir>/tokenizer/tokenizer.model there when it exists)")
+    processor = load_processor(tokenizer)
+    if processor.vocab_size() != config.vocab_size:
+        raise StageError(f"{tokenizer} has {processor.vocab_size()} pieces but the model of {path} "
+                         f"{config.vocab_size}: not the tokenizer it was trained with")
+    return LoadedRun(model, processor, run, path, tokenizer, state.get("step"))
+
+
+def encode_prompt(processor: Any, text: str, max_seq_len: int) -> list[int]:
+    """BOS and the prompt's tokens; refused if no token could be generated after them."""
+    ids = [BOS_ID, *encode_texts(processor, [text])[0]] if text else [BOS_ID]
+    if len(ids) >= max_seq_len:
+        raise ValueError(
+            f"the prompt is {len(ids)} tokens (BOS included) but the model's context is {max_seq_len} "
+            f"tokens (max_seq_len, the --seq-len it was trained with): at most {max_seq_len - 1} "
+            "leave room to generate")
+    return ids
+
+
+class TextStream:
+    """Token ids in, text out; each piece of text returned is whole UTF-8 characters.
+
+    Every id maps to bytes (a byte-fallback piece to its one byte, a control piece to none,
+    any other piece to its text with ▁ as a space) and the bytes go through an incremental
+    UTF-8 decoder, which holds back an incomplete character until its last byte arrives.
+    The pieces joined are the processor's decode of all the ids (each byte that never forms a
+    character comes out as one U+FFFD, as there).
+    """
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+        self._bytes: dict[int, bytes] = {}
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="nonllama-per-byte")
+
+    def piece_bytes(self, token: int) -> bytes:
+        if token not in self._bytes:
+            p = self.processor
+            piece = p.id_to_piece(token)
+            if p.is_byte(token) and (m := _BYTE_PIECE.fullmatch(piece)):
+                value = bytes([int(m.group(1), 16)])
+            elif p.is_control(token) or p.is_unused(token):
+                value = b""
+            elif p.is_unknown(token):
+                value = p.decode([token]).encode()
+            else:
+                value = piece.replace(_SPACE_MARK, " ").encode()
+            self._bytes[token] = value
+        return self._bytes[token]
+
+    def push(self, token: int) -> str:
+        return self._decoder.decode(self.piece_bytes(token))
+
+    def flush(self) -> str:
+        """What is left at the end: the bytes of an incomplete character, as U+FFFD each."""
+        return self._decoder.decode(b"", final=True)
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # <= 0: greedy
+    top_k: int | None = None
+    top_p: float | None = 0.9
+    seed: int | None = None
+
+    def check(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    ids: list[int] = field(default_factory=list)  # the new tokens, EOS not included
+    text: str = ""  # the new text
+    stop: str = "max_new_tokens"  # or "eos", "context"
+    prefill_s: float = 0.0  # the prompt's pass, up to the first new token
+    decode_s: float = 0.0  # every later token
+
+    @property
+    def tokens_per_s(self) -> float:
+        """New tokens per second of generation, the prompt's pass included."""
+        total = self.prefill_s + self.decode_s
+        return len(self.ids) / total if total > 0 else 0.0
+
+
+def generate(model: Llama, processor: Any, prompt: str, sampling: Sampling, generator: torch.Generator | None = None,
+             on_text: Callable[[str], None] | None = None) -> Generation:
+    """Continue `prompt`; `on_text` receives the new text piece by piece as it is produced."""
+    config = model.config
+    device = model.rope_cos.device
+    result = Generation(encode_prompt(processor, prompt, config.max_seq_len))
+    tokens = torch.tensor([result.prompt_ids], device=device)
+    stream = TextStream(processor)
+    eos = processor.eos_id() if processor.eos_id() >= 0 else EOS_ID
+    pieces: list[str] = []
+
+    def emit(text: str) -> None:
+        if text:
+            pieces.append(text)
+            if on_text is not None:
+                on_text(text)
+
+    started = last = time.perf_counter()
+    for step, new in enumerate(model.stream(tokens, sampling.max_new_tokens, sampling.temperature, sampling.top_k,
+                                            sampling.top_p, eos, generator)):
+        token = int(new)
+        now = time.perf_counter()
+        if step == 0:
+            result.prefill_s, last = now - started, now
+        if token == eos:
+            result.stop = "eos"
+            break
+        result.ids.append(token)
+        emit(stream.push(token))
+    else:
+        if len(result.ids) < sampling.max_new_tokens:  # Llama.stream stopped at max_seq_len
+            result.stop = "context"
+    result.decode_s = time.perf_counter() - last
+    emit(stream.flush())
+    result.text = "".join(pieces)
+    return result
+
+
+SMALL_MODEL_PARAMS = 50_000_000
+
+
+def decode_threads(model: Llama, device: torch.device | str) -> int:
+    """CPU threads for decoding when --threads is not given: one for a model under 50M
+    parameters, torch's default above. A decoding step of a small model is a few hundred small
+    ops and matrix-vector products bound by memory bandwidth; splitting them over threads costs
+    more in synchronisation than it gains (the 15m preset: 108 tokens/s on one thread, 90 on two
+    of a 2-core machine, and a tenth of that when another process keeps one core busy)."""
+    if torch.device(device).type != "cpu" or model.num_params() >= SMALL_MODEL_PARAMS:
+        return torch.get_num_threads()
+    return 1
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> tuple[torch.Generator, int]:
+    """A generator seeded with `seed`, or with a fresh seed (returned, so it can be given back)."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        seed = int(torch.seed() % (2**31))
+    generator.manual_seed(seed)
+    return generator, seed
+
+
+def read_prompts(prompts: list[str], file: Path | None = None, stdin: Any = None) -> list[str]:
+    """The prompts: the arguments, then a file's lines (--file), with `-` for stdin's lines.
+    Blank lines of a file are skipped; no prompt given at all is one empty prompt (BOS alone)."""
+    if not prompts and file is None:
+        return [""]
+    out: list[str] = []
+    for prompt in prompts:
+        if prompt == "-":
+            import sys
+
+            out.extend(line for line in (stdin or sys.stdin).read().splitlines() if line.strip())
+        else:
+            out.append(prompt)
+    if file is not None:
+        if not file.is_file():
+            raise FileNotFoundError(f"--file {file}: no such file")
+        out.extend(line for line in file.read_text(encoding="utf-8").splitlines() if line.strip())
+    if not out:
+        raise ValueError(f"no prompt in {file if file is not None else 'stdin'} (one prompt per line)")
+    return out
+
+
+# --------------------------------------------------------------------------- saved samples (--save)
+
+
+def sample_settings(sampling: Sampling, seed: int | None, num_samples: int) -> dict:
+    """What decides the samples besides the checkpoint and the prompts (`seed`: the one used;
+    greedy decoding draws nothing, so none)."""
+    return {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+            "top_k": sampling.top_k, "top_p": sampling.top_p,
+            "seed": seed if sampling.temperature > 0 else None, "num_samples": num_samples}
+
+
+def _stamp(checkpoint: Path) -> list[int]:
+    stat = Path(checkpoint).stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def saved_samples(path: Path, checkpoint: Path, settings: dict, prompts: list[str]) -> dict | None:
+    """What `save_samples` wrote to `path`, if it was for this checkpoint file (unchanged since),
+    these settings and these prompts; else None."""
+    if not Path(path).is_file():
+        return None
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    same = (saved.get("checkpoint") == str(checkpoint) and saved.get("checkpoint_stamp") == _stamp(checkpoint)
+            and saved.get("settings") == settings and saved.get("prompts") == prompts)
+    return saved if same else None
+
+
+def save_samples(path: Path, checkpoint: Path, step: int | None, settings: dict, prompts: list[str],
+                 samples: list[dict]) -> None:
+    """`samples` ({prompt, completion, tokens, stop} each) as JSON, with what made them."""
+    atomic_write_text(Path(path), json.dumps({
+        "checkpoint": str(checkpoint), "checkpoint_stamp": _stamp(checkpoint), "step": step,
+        "settings": settings, "prompts": prompts, "samples": samples,
+    }, ensure_ascii=False, indent=2) + "\n")

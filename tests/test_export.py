@@ -1,0 +1,316 @@
+"""`nonllama export`: Hugging Face, llama2.c and GGUF files, read back and run by other code."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_runs import invoker, one_line, one_thread, sample_texts, tiny_run, train_tokenizer  # noqa: F401
+
+from nonllama.export import (
+    export_gguf,
+    export_hf,
+    export_llama2c,
+    hf_tokenizer,
+    llama2c_order,
+    read_spm_model,
+)
+from nonllama.generate import load_run
+from nonllama.model import Llama, ModelConfig
+from nonllama.pipeline.tokenizer import encode_texts, load_processor
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TEXTS = [
+    "Once upon a time, a little girl named Lily found a shiny red ball in the park.",
+    "北京是中国的首都，人口约2100万。你好！“引号”（括号）：结束；",
+    "emoji 😀🎉 and a family 👨\u200d👩\u200d👧 and a flag 🇨🇳",
+    "  leading spaces,   runs of spaces, trailing  ",
+    "lines\nand\n\nparagraphs\n\n\n  indented\n",
+    "digits 3.14159 and 2024-05-01, literal <s> and </s> in text",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return tiny_run(invoker(), tmp_path_factory.mktemp("export"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def varied(model: Llama) -> Llama:
+    """Norm weights away from one, so that a norm read from the wrong place shows."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def untied_model(vocab: int, **overrides) -> Llama:
+    torch.manual_seed(1)
+    config = ModelConfig(dim=48, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=vocab, max_seq_len=40,
+                         tie_embeddings=False, **overrides)
+    return varied(Llama(config).eval())
+
+
+def tokens_of(processor, text: str) -> torch.Tensor:
+    return torch.tensor([[1, *encode_texts(processor, [text])[0]]])
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+
+@pytest.mark.parametrize("variant", ["trained", "untied-mha-theta500"])
+def test_hf_export_loads_in_transformers_with_the_same_logits(cli, run_dir: Path, tmp_path: Path, variant: str) -> None:
+    transformers = pytest.importorskip("transformers")
+    loaded = load_run(run_dir)
+    out = tmp_path / "hf"
+    if variant == "trained":  # through the command: GQA, tied embeddings
+        cli("export", "--run", run_dir, "--format", "hf", "-o", out)
+        model = loaded.model
+    else:
+        model = untied_model(loaded.config.vocab_size, rope_theta=500.0)
+        export_hf(model, read_spm_model(loaded.tokenizer), loaded.tokenizer, out)
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json",
+                                                "tokenizer_config.json", "generation_config.json"}
+    reference = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reference.dtype == torch.float32 and reference.num_parameters() == model.num_params()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("Once upon a time, Lily", return_tensors="pt").input_ids
+    assert ids.tolist() == tokens_of(loaded.processor, "Once upon a time, Lily").tolist()
+    with torch.no_grad():
+        ours, _ = model(ids)
+        theirs = reference(ids).logits
+    assert (ours - theirs).abs().max().item() < 1e-5
+    room = model.config.max_seq_len - ids.shape[1]  # the whole context
+    mine = model.generate(ids, max_new_tokens=room, temperature=0)
+    with torch.no_grad():
+        hf = reference.generate(ids, max_new_tokens=room, do_sample=False, use_cache=True, eos_token_id=None)
+    assert hf.tolist() == mine.tolist()
+
+
+@pytest.mark.parametrize("model_type, langs, vocab", [("bpe", ("en",), 400), ("bpe", ("en", "zh"), 2000),
+                                                      ("unigram", ("en", "zh"), 1500)])
+def test_hf_tokenizer_encodes_and_decodes_as_sentencepiece(tmp_path: Path, model_type: str, langs, vocab: int) -> None:
+    transformers = pytest.importorskip("transformers")
+    path = train_tokenizer(tmp_path / "tokenizer.model", sample_texts(*langs), vocab, model_type)
+    processor = load_processor(path)
+    export_hf(untied_model(vocab), read_spm_model(path), path, tmp_path / "hf")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    texts = TEXTS + sample_texts("en", "zh")[::7]
+    if processor.piece_to_id("<") == 0:  # unigram without "<": literal "<s>" is one piece in HF (export.py)
+        texts = [t for t in texts if "<" not in t]
+    for text, ids in zip(texts, encode_texts(processor, texts), strict=True):
+        assert tokenizer(text).input_ids == [1, *ids], text
+        assert tokenizer.decode([1, *ids], skip_special_tokens=True) == text
+    assert tokenizer.bos_token_id == 1 and tokenizer.eos_token_id == 2 and tokenizer.pad_token_id == 3
+    # the library function alone, without transformers' wrapper
+    assert hf_tokenizer(read_spm_model(path)).encode(TEXTS[0]).ids == [1, *encode_texts(processor, TEXTS[:1])[0]]
+
+
+# --------------------------------------------------------------------------- llama2.c
+
+
+def read_llama2c(model_bin: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """model.bin as run.c's read_checkpoint and memory_map_weights read it."""
+    data = model_bin.read_bytes()
+    names = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
+    config = dict(zip(names, struct.unpack("<7i", data[:28]), strict=True))
+    shared = config["vocab_size"] > 0
+    config["vocab_size"] = abs(config["vocab_size"])
+    floats = np.frombuffer(data, dtype="<f4", offset=28).astype(np.float64)
+    dim, hidden, layers, vocab = config["dim"], config["hidden_dim"], config["n_layers"], config["vocab_size"]
+    head_size = dim // config["n_heads"]
+    kv_dim = config["n_kv_heads"] * head_size
+    shapes = [("embedding", (vocab, dim)), ("rms_att", (layers, dim)), ("wq", (layers, dim, dim)),
+              ("wk", (layers, kv_dim, dim)), ("wv", (layers, kv_dim, dim)), ("wo", (layers, dim, dim)),
+              ("rms_ffn", (layers, dim)), ("w1", (layers, hidden, dim)), ("w2", (layers, dim, hidden)),
+              ("w3", (layers, hidden, dim)), ("rms_final", (dim,)),
+              ("freq_cis_real", (config["seq_len"], head_size // 2)), ("freq_cis_imag", (config["seq_len"], head_size // 2))]
+    if not shared:
+        shapes.append(("wcls", (vocab, dim)))
+    weights, at = {}, 0
+    for name, shape in shapes:
+        n = int(np.prod(shape))
+        weights[name] = floats[at:at + n].reshape(shape)
+        at += n
+    assert at == len(floats), "trailing data after the weights"
+    weights.setdefault("wcls", weights["embedding"])
+    return config, weights
+
+
+def runc_forward(config: dict, w: dict[str, np.ndarray], tokens: list[int], theta: float = 10000.0,
+                 eps: float = 1e-5) -> np.ndarray:
+    """Logits at every position, computed as run.c's forward() does (float64): RoPE rotating
+    adjacent pairs (i, i+1) by pos / theta^((i % head_size) / head_size)."""
+    dim, n_heads, n_kv = config["dim"], config["n_heads"], config["n_kv_heads"]
+    hs = dim // n_heads
+    T = len(tokens)
+    i = np.arange(0, dim, 2)
+    angle = np.arange(T)[:, None] * (1.0 / theta ** ((i % hs) / hs))[None, :]
+    cos, sin = np.cos(angle), np.sin(angle)
+
+    def rmsnorm(x, weight):
+        return weight * x / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+
+    def rope(v):
+        n = v.shape[1] // 2
+        v0, v1 = v[:, 0::2], v[:, 1::2]
+        out = np.empty_like(v)
+        out[:, 0::2] = v0 * cos[:, :n] - v1 * sin[:, :n]
+        out[:, 1::2] = v0 * sin[:, :n] + v1 * cos[:, :n]
+        return out
+
+    x = w["embedding"][tokens]
+    causal = np.triu(np.full((T, T), -np.inf), 1)
+    for layer in range(config["n_layers"]):
+        h = rmsnorm(x, w["rms_att"][layer])
+        q, k, v = rope(h @ w["wq"][layer].T), rope(h @ w["wk"][layer].T), h @ w["wv"][layer].T
+        heads = []
+        for head in range(n_heads):
+            kv = head // (n_heads // n_kv)
+            qh, kh, vh = q[:, head * hs:(head + 1) * hs], k[:, kv * hs:(kv + 1) * hs], v[:, kv * hs:(kv + 1) * hs]
+            scores = qh @ kh.T / np.sqrt(hs) + causal
+            att = np.exp(scores - scores.max(-1, keepdims=True))
+            heads.append((att / att.sum(-1, keepdims=True)) @ vh)
+        x = x + np.concatenate(heads, axis=1) @ w["wo"][layer].T
+        h = rmsnorm(x, w["rms_ffn"][layer])
+        gate = h @ w["w1"][layer].T
+        x = x + ((gate / (1 + np.exp(-gate))) * (h @ w["w3"][layer].T)) @ w["w2"][layer].T
+    return rmsnorm(x, w["rms_final"]) @ w["wcls"].T
+
+
+def read_tokenizer_bin(path: Path, vocab_size: int) -> tuple[int, list[tuple[float, bytes]]]:
+    """tokenizer.bin as run.c's build_tokenizer reads it."""
+    data = path.read_bytes()
+    (max_len,), at, entries = struct.unpack("<i", data[:4]), 4, []
+    for _ in range(vocab_size):
+        score, n = struct.unpack("<fi", data[at:at + 8])
+        entries.append((score, data[at + 8:at + 8 + n]))
+        at += 8 + n
+    assert at == len(data)
+    return max_len, entries
+
+
+@pytest.mark.parametrize("variant", ["trained", "untied"])
+def test_llama2c_export_runs_as_run_c_computes(cli, run_dir: Path, tmp_path: Path, variant: str) -> None:
+    loaded = load_run(run_dir)
+    spm = read_spm_model(loaded.tokenizer)
+    out = tmp_path / "model.bin"
+    if variant == "trained":  # tied, GQA, through the command: tokenizer.bin goes beside model.bin
+        result = cli("export", "--run", run_dir, "--format", "llama2c", "-o", out)
+        assert "renumbered" in one_line(result.output)
+        model, tokenizer_bin = loaded.model, tmp_path / "tokenizer.bin"
+    else:
+        model, tokenizer_bin = untied_model(loaded.config.vocab_size), tmp_path / "elsewhere" / "tok.bin"
+        export_llama2c(model, spm, out, tokenizer_bin)
+    config, weights = read_llama2c(out)
+    c = model.config
+    assert config == {"dim": c.dim, "hidden_dim": c.ffn_dim, "n_layers": c.n_layers, "n_heads": c.n_heads,
+                      "n_kv_heads": c.n_kv_heads, "vocab_size": c.vocab_size, "seq_len": c.max_seq_len}
+    assert (weights["wcls"] is weights["embedding"]) == c.tie_embeddings
+    order = llama2c_order(spm)  # our id of each llama2.c id
+    ours_ids = tokens_of(loaded.processor, "Once upon a time, Lily saw 北京.")[0].tolist()
+    theirs_ids = [order.index(i) for i in ours_ids]
+    with torch.no_grad():
+        ours, _ = model(torch.tensor([ours_ids]))
+    theirs = runc_forward(config, weights, theirs_ids)
+    np.testing.assert_allclose(theirs[:, np.argsort(order)], ours[0].double().numpy(), atol=1e-5, rtol=0)
+
+    max_len, entries = read_tokenizer_bin(tokenizer_bin, config["vocab_size"])
+    pieces = [piece for _, piece in entries]
+    assert max_len == max(len(p) for p in pieces)
+    assert pieces[1] == b"\n<s>\n" and pieces[2] == b"\n</s>\n"
+    assert pieces[3:259] == [f"<0x{b:02X}>".encode() for b in range(256)]  # byte b at b + 3
+    assert b" " in pieces  # run.c's dummy prefix
+    for new, old in enumerate(order[3:], start=3):
+        assert pieces[new] == loaded.processor.id_to_piece(old).replace("\u2581", " ").encode()
+        assert entries[new][0] == pytest.approx(loaded.processor.get_score(old))
+
+
+def test_llama2c_refuses_what_run_c_cannot_run(cli, run_dir: Path, tmp_path: Path) -> None:
+    loaded = load_run(run_dir)
+    spm = read_spm_model(loaded.tokenizer)
+    for overrides, reason in [({"rope_theta": 500.0}, "rope theta 500: run.c hard-codes 10000"),
+                              ({"norm_eps": 1e-6}, "RMSNorm eps 1e-06: run.c hard-codes 1e-5")]:
+        with pytest.raises(Exception, match=reason):
+            export_llama2c(untied_model(loaded.config.vocab_size, **overrides), spm, tmp_path / "m.bin")
+    # through the command: a run whose checkpoint says theta 500
+    other = tmp_path / "run"
+    (other / "checkpoints").mkdir(parents=True)
+    shutil.copy(run_dir / "tokenizer.model", other / "tokenizer.model")
+    config = replace(loaded.config, rope_theta=500.0)
+    torch.save({"model": Llama(config).state_dict(), "model_config": asdict(config), "step": 1},
+               other / "checkpoints" / "step-00000001.pt")
+    result = cli("export", "--run", other, "--format", "llama2c", "-o", tmp_path / "m.bin", expect=2)
+    assert "run.c cannot run this model: rope theta 500" in one_line(result.output)
+    assert not (tmp_path / "m.bin").exists()
+    cli("export", "--run", other, "--format", "gguf", "-o", tmp_path / "m.gguf")  # llama.cpp reads the theta
+    result = cli("export", "--run", other, "--format", "onnx", "-o", tmp_path / "m.onnx", expect=2)
+    assert "--format 'onnx': choose one of hf, llama2c, gguf" in one_line(result.output)
+    no_space = replace(spm, pieces=[(p, s, t) for p, s, t in spm.pieces if p != "\u2581"])
+    model = untied_model(len(no_space.pieces))
+    export_llama2c(model, no_space, tmp_path / "x.bin")
+    _, entries = read_tokenizer_bin(tmp_path / "tokenizer.bin", len(no_space.pieces))
+    assert entries[3 + 0x20][1] == b" "  # the byte piece of the space stands in for it
+
+
+# --------------------------------------------------------------------------- GGUF
+
+
+def test_gguf_export_reads_back_and_computes_the_same_logits(cli, run_dir: Path, tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    cli("export", "--run", run_dir, "--format", "gguf", "-o", tmp_path / "model.gguf")
+    reader = gguf.GGUFReader(tmp_path / "model.gguf")
+    field = {name: f.contents() for name, f in reader.fields.items()}
+    loaded = load_run(run_dir)
+    c, p = loaded.config, loaded.processor
+    assert field["general.architecture"] == "llama"
+    assert (field["llama.embedding_length"], field["llama.block_count"], field["llama.attention.head_count"],
+            field["llama.attention.head_count_kv"], field["llama.feed_forward_length"],
+            field["llama.context_length"]) == (c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_dim, c.max_seq_len)
+    assert field["llama.rope.freq_base"] == c.rope_theta and field["tokenizer.ggml.model"] == "llama"
+    assert field["tokenizer.ggml.tokens"] == [p.id_to_piece(i) for i in range(p.vocab_size())]
+    assert field["tokenizer.ggml.add_space_prefix"] is False and field["tokenizer.ggml.bos_token_id"] == 1
+    t = {tensor.name: np.asarray(tensor.data, dtype=np.float64) for tensor in reader.tensors}
+    assert "output.weight" not in t  # tied: llama.cpp falls back to token_embd
+
+    def stack(name: str) -> np.ndarray:
+        return np.stack([t[f"blk.{i}.{name}.weight"] for i in range(c.n_layers)])
+
+    weights = {"embedding": t["token_embd.weight"], "rms_att": stack("attn_norm"), "wq": stack("attn_q"),
+               "wk": stack("attn_k"), "wv": stack("attn_v"), "wo": stack("attn_output"), "rms_ffn": stack("ffn_norm"),
+               "w1": stack("ffn_gate"), "w2": stack("ffn_down"), "w3": stack("ffn_up"),
+               "rms_final": t["output_norm.weight"], "wcls": t["token_embd.weight"]}
+    config = {"dim": c.dim, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads, "n_layers": c.n_layers}
+    ids = tokens_of(p, "Once upon a time, Lily saw 北京.")
+    with torch.no_grad():
+        ours, _ = loaded.model(ids)
+    np.testing.assert_allclose(runc_forward(config, weights, ids[0].tolist()), ours[0].double().numpy(), atol=1e-5, rtol=0)
+
+
+def test_gguf_untied_has_an_output_tensor(run_dir: Path, tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    loaded = load_run(run_dir)
+    model = untied_model(loaded.config.vocab_size)
+    export_gguf(model, read_spm_model(loaded.tokenizer), tmp_path / "m.gguf")
+    tensors = {t.name: t for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    assert np.array_equal(np.asarray(tensors["output.weight"].data), model.output.weight.detach().numpy())
+
+
+def test_export_errors(cli, run_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    result = cli("export", "--run", run_dir, "--format", "hf", "-o", tmp_path / "file", expect=2)
+    assert "exists and is not a directory" in one_line(result.output)
+    result = cli("export", "--run", tmp_path / "none", "-o", tmp_path / "hf", expect=2)
+    assert "no such directory" in one_line(result.output)
