@@ -59,6 +59,7 @@ def train(
     max_bad_steps: Annotated[int | None, _opt("--max-bad-steps", help="Non-finite losses in a row that stop the run.", default=D.max_bad_steps)] = None,
     stop_at: Annotated[int | None, _opt("--stop-at", help="Stop at this step with a checkpoint (the schedule still spans --max-steps); --resume continues.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
+    auto_resume: Annotated[bool, typer.Option("--auto-resume", help="make's mode: resume the run in --out if it has this config and data, do nothing if it is finished, start it over if either changed.")] = False,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Worker processes on this machine (one per GPU; gloo on CPU).")] = 1,
     nnodes: Annotated[int, typer.Option("--nnodes", min=1, help="Machines taking part.")] = 1,
     node_rank: Annotated[int, typer.Option("--node-rank", min=0, help="This machine's rank among --nnodes.")] = 0,
@@ -73,7 +74,15 @@ def train(
     for key in ("data", "out"):
         if key in given:
             given[key] = str(given[key])
-    config = resolve(load_stage_config(config_file, "train"), given, workdir=workdir, name=name, resume=resume)
+    file_values = load_stage_config(config_file, "train")
+    if auto_resume:
+        if resume:
+            raise ValueError("--resume and --auto-resume: give one")
+        resume = _auto_resume(resolve(file_values, given, workdir=workdir, name=name, resume=False), nproc * nnodes,
+                              show_config, in_worker())
+        if resume is None:
+            return
+    config = resolve(file_values, given, workdir=workdir, name=name, resume=resume)
     if show_config:
         print(to_toml(config), end="")
         return
@@ -102,6 +111,29 @@ def train(
         raise typer.Exit(130) from None
     if summary.get("checkpoint") and os.environ.get(LAUNCHED_ENV) != "1":
         print_summary(Path(config.out))
+
+
+def _auto_resume(config: TrainConfig, world_size: int, dry_run: bool, worker: bool) -> bool | None:
+    """--auto-resume: True to resume, False to start (clearing a changed run), None when the
+    run is finished and up to date (nothing to do)."""
+    from nonllama.train.loop import clear_run, decide_auto_resume
+
+    decision = decide_auto_resume(config, world_size)
+    out = Path(config.out)
+    if decision.action == "up_to_date" and not dry_run:
+        console.print(f"[green]train[/]: up to date ({out}, {decision.reason}); "
+                      "delete it or choose another --out to train again", highlight=False, soft_wrap=True)
+        return None
+    if decision.action == "restart" and not dry_run:
+        if worker:  # several ranks must not race to delete one directory
+            raise ValueError(f"--auto-resume: {out} holds another run ({decision.reason}); "
+                             "delete it or choose another --out")
+        console.print(f"[yellow]train[/]: changed since the run in {out} ({decision.reason}); starting over",
+                      highlight=False, soft_wrap=True)
+        clear_run(out)
+    if decision.action == "resume" and not dry_run:
+        console.print(f"[green]train[/]: resuming {out} {decision.reason}", highlight=False, soft_wrap=True)
+    return decision.action in ("resume", "up_to_date")
 
 
 def print_summary(out: Path) -> None:

@@ -14,6 +14,7 @@ windows of one process with --grad-accum N*k.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +135,14 @@ class PackedData:
         self.dir = Path(packed_dir)
         self.manifest = read_packed_manifest(self.dir)
         self.vocab_size = int(self.manifest["vocab_size"])
-        self.tokenizer_digest = self.manifest.get("tokenizer_digest")
+        # pack records its tokenizer as {"sha256": ...}; hand-made manifests may give the digest directly
+        self.tokenizer_digest = (self.manifest.get("tokenizer") or {}).get("sha256") or self.manifest.get("tokenizer_digest")
+        # what the tokens are: pack's digest of its outputs; for a manifest written by other
+        # means, the manifest and when its token files were written
+        self.digest = self.manifest.get("output_digest") or hashlib.sha256(
+            (self.dir / MANIFEST_NAME).read_bytes()
+            + repr([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(self.dir.glob("*.bin"))]).encode()
+        ).hexdigest()
         dtype = np.dtype(self.manifest["dtype"])
         self.train = self._open("train", dtype)
         self.val = self._open("val", dtype)

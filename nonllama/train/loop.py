@@ -116,6 +116,54 @@ def prepare_run(config: TrainConfig, resume: bool) -> Path | None:
     return found
 
 
+# Options that may change between invocations of one run without making it another run.
+RUN_CONTROL = ("stop_at", "keep", "data", "out")
+# What a run directory holds besides config.toml: all of it belongs to one run.
+RUN_OUTPUTS = (CHECKPOINT_DIR, METRICS_NAME, PLOT_NAME, "tensorboard", "samples.json")
+
+
+@dataclass
+class AutoDecision:
+    action: str  # "start", "resume", "up_to_date" or "restart"
+    reason: str = ""
+
+
+def decide_auto_resume(config: TrainConfig, world_size: int) -> AutoDecision:
+    """What `--auto-resume` (make's mode) does with the run in `config.out`.
+
+    No checkpoint: start. The latest checkpoint has the same config (RUN_CONTROL aside), the
+    same packed data (its digest) and the same number of processes: resume it, or, if it
+    reached the last step, nothing is to be done. Anything else changed: the run is another
+    one, and starts over.
+    """
+    found = latest_checkpoint(Path(config.out))
+    if found is None:
+        return AutoDecision("start")
+    state = load_checkpoint(found)
+    saved, asked = dict(state.get("config", {})), config.to_dict()
+    changed = [f"{k} {saved.get(k)!r} -> {asked[k]!r}" for k in asked
+               if k not in RUN_CONTROL and saved.get(k) != asked[k]]
+    if state.get("data_digest") != PackedData(Path(config.data)).digest:
+        changed.append(f"the tokens in {config.data}")
+    if state.get("world_size", 1) != world_size:
+        changed.append(f"processes {state.get('world_size', 1)} -> {world_size}")
+    if changed:
+        return AutoDecision("restart", ", ".join(changed))
+    if state["step"] >= config.total_steps(world_size):
+        return AutoDecision("up_to_date", f"step {state['step']:,} of {config.total_steps(world_size):,}")
+    return AutoDecision("resume", f"from step {state['step']:,}")
+
+
+def clear_run(out: Path) -> None:
+    """Remove what a previous run left in `out` (checkpoints, metrics, plot, events, samples)."""
+    for name in RUN_OUTPUTS:
+        path = Path(out) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 @torch.no_grad()
 def evaluate(model: Llama, tokens: np.ndarray, config: TrainConfig, ranks: Distributed,
              dtype: torch.dtype) -> dict[str, float]:
@@ -211,7 +259,8 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
             "step": step, "tokens_seen": tokens_seen, "skipped_steps": skipped, "bad_streak": bad_streak,
             "rng": rng_state(), "sampler": sampler.state_dict(),
             "config": config.to_dict(), "model_config": asdict(model_config),
-            "tokenizer_digest": data.tokenizer_digest, "world_size": ranks.world_size, "version": __version__,
+            "tokenizer_digest": data.tokenizer_digest, "data_digest": data.digest,
+            "world_size": ranks.world_size, "version": __version__,
         }
 
     last: dict = {}
