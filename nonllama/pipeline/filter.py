@@ -44,6 +44,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from rich.console import Console
 
@@ -414,43 +415,77 @@ def thresholds(config: FilterConfig) -> dict[str, list[float]]:
     return marks
 
 
+COUNT_VALUES = ("words", "c4_chars_removed", "c4_lines_removed")  # drawn on a log scale
+
+
 def draw_report(filtered_dir: Path, report_dir: Path, config: FilterConfig) -> list[Path]:
-    """One PNG histogram per recorded value over kept + rejected documents, thresholds marked."""
+    """One PNG histogram per recorded value over kept + rejected documents (stacked, so the
+    documents a rule took are visible), its thresholds marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
+    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
     filtered_dir, report_dir = Path(filtered_dir), Path(report_dir)
     if read_manifest(filtered_dir) is None:
         raise FileNotFoundError(f"{filtered_dir}: no finished filter output; run `nonllama filter` first")
-    frames = [
-        pl.read_parquet(p, columns=[VALUES_COLUMN]).unnest(VALUES_COLUMN)
-        for p in list_parts(filtered_dir) + list_parts(filtered_dir / SIDE_DIR)
-    ]
-    values = pl.concat([f for f in frames if f.height], how="vertical_relaxed") if frames else pl.DataFrame()
+
+    def values_of(parts: list[Path]) -> pl.DataFrame:
+        frames = [pl.read_parquet(p, columns=[VALUES_COLUMN]).unnest(VALUES_COLUMN) for p in parts]
+        frames = [f for f in frames if f.height]
+        return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+
+    groups = {"kept": values_of(list_parts(filtered_dir)), "rejected": values_of(list_parts(filtered_dir / SIDE_DIR))}
     report_dir.mkdir(parents=True, exist_ok=True)
     marks = thresholds(config)
     written = []
     for name in VALUE_FIELDS:
-        if name == "lang" or name not in values.columns:
+        if name == "lang" or not any(name in g.columns for g in groups.values()):
             continue
-        data = values[name].drop_nulls().cast(pl.Float64).to_numpy()
+        data = {k: (g[name].drop_nulls().cast(pl.Float64).to_numpy() if name in g.columns else np.zeros(0))
+                for k, g in groups.items()}
+        every = np.concatenate(list(data.values()))
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        if len(data):
-            if name in ("words", "c4_chars_removed", "c4_lines_removed"):
-                data = data[data >= 0]
-                ax.hist(data, bins=50, log=True)
+        title = f"{name} ({len(every):,} documents)"
+        drawn_marks = list(marks.get(name, []))
+        if len(every):
+            top = float(every.max())
+            # a threshold far beyond every value (the word-count maximum) would squash the data
+            far = [t for t in drawn_marks if t > 20 * max(top, 1.0)]
+            drawn_marks = [t for t in drawn_marks if t not in far]
+            if far:
+                title += "; threshold " + ", ".join(f"{t:g}" for t in far) + " off the chart"
+            if name in COUNT_VALUES:
+                zeros = int((every <= 0).sum())
+                if zeros:
+                    title += f"; {zeros:,} at 0"
+                bins = np.unique(np.geomspace(1, max(top, max(drawn_marks, default=1.0), 2.0) * 1.05, 40))
+                ax.set_xscale("log")
+                series = [d[d > 0] for d in data.values()]
             else:
-                ax.hist(data, bins=50)
-        for t in marks.get(name, []):
+                hi = max(top, max(drawn_marks, default=0.0), 1e-9) * 1.05
+                lo = min(float(every.min()), min(drawn_marks, default=0.0), 0.0)
+                bins = np.linspace(lo, hi, 51)
+                series = list(data.values())
+            # stepfilled: one polygon per series, not a rectangle per bin
+            ax.hist(series, bins=bins, stacked=True, histtype="stepfilled", label=list(data),
+                    color=["#4c72b0", "#dd8452"])
+            ax.set_yscale("log")  # the documents a threshold decides about are the rare ones
+            ax.set_ylim(bottom=0.7)  # from one document up, even when every value shares a bin
+            # plain tick labels: the default ones on a log axis go through mathtext, which
+            # costs most of the drawing time
+            for axis in (ax.xaxis, ax.yaxis) if name in COUNT_VALUES else (ax.yaxis,):
+                axis.set_major_formatter(plain)
+                axis.set_minor_formatter(ticker.NullFormatter())
+        for t in drawn_marks:
             ax.axvline(t, color="red", linestyle="--", label=f"threshold {t:g}")
-        ax.set_title(f"{name} ({len(data):,} documents)")
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel(name)
         ax.set_ylabel("documents")
-        if marks.get(name):
-            ax.legend()
-        fig.tight_layout()
+        ax.legend(fontsize=7)
+        fig.subplots_adjust(left=0.13, right=0.97, bottom=0.15, top=0.9)  # fixed: tight_layout is slow
         path = report_dir / f"{name}.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
