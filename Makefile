@@ -4,13 +4,16 @@
 PY_SYSTEM ?= python3
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-NONLLAMA  := $(VENV)/bin/nonllama
+# the command; given on the command line (e.g. NONLLAMA="python -m nonllama"), no venv is set up
+NONLLAMA  ?= $(VENV)/bin/nonllama
+SETUP     := $(if $(filter command line environment,$(origin NONLLAMA)),,setup)
 
 # --- what to run on
 SOURCE    ?= sample
 NAME      ?=
 SPLIT_ON  ?=
 MAX_DOCS  ?=
+PART_ROWS ?=
 WORK      ?= work
 WORKERS   ?= 2
 # --- data stages
@@ -24,30 +27,38 @@ MODEL_TYPE   ?= bpe
 SAMPLE_BYTES ?= 1G
 VAL_FRACTION ?= 0.005
 MIX          ?=
-# --- training
+# --- training (defaults sized for the sample: about two minutes on 2 CPU cores)
 PRESET     ?= 260k
 STEPS      ?= 200
 SEQ_LEN    ?= 256
 BATCH_SIZE ?= 16
+GRAD_ACCUM ?= 1
+LR         ?= 3e-3
+WARMUP     ?= 20
 NPROC      ?= 1
 RUN        ?= $(PRESET)
 TRAIN_OPTS ?=
+# --- generation at the end of the funnel: prompts separated by ';'
+PROMPTS        ?= Once upon a time;很久很久以前
+MAX_NEW_TOKENS ?= 100
+GEN_OPTS       ?= --temperature 0.8 --top-k 40 --seed 0
 
 # Stage options built from the variables above (empty variables add nothing).
 COMMON_OPTS    := --workdir $(WORK) --workers $(WORKERS)
 DOWNLOAD_OPTS  := $(if $(NAME),--name $(NAME)) $(if $(SPLIT_ON),--split-on '$(SPLIT_ON)') \
-                  $(if $(MAX_DOCS),--max-docs $(MAX_DOCS))
+                  $(if $(MAX_DOCS),--max-docs $(MAX_DOCS)) $(if $(PART_ROWS),--part-rows $(PART_ROWS))
 NORMALIZE_OPTS := $(if $(NORMALIZE_CONFIG),--config $(NORMALIZE_CONFIG))
 FILTER_OPTS    := $(if $(FILTER_CONFIG),--config $(FILTER_CONFIG))
 TOKENIZER_OPTS := --vocab-size $(VOCAB_SIZE) --model-type $(MODEL_TYPE) --sample-bytes $(SAMPLE_BYTES)
 PACK_OPTS      := --val-fraction $(VAL_FRACTION) $(foreach m,$(MIX),--mix $(m))
 TRAIN_ARGS     := --workdir $(WORK) --name $(RUN) --preset $(PRESET) --max-steps $(STEPS) \
-                  --seq-len $(SEQ_LEN) --batch-size $(BATCH_SIZE) --nproc $(NPROC) $(TRAIN_OPTS)
+                  --seq-len $(SEQ_LEN) --batch-size $(BATCH_SIZE) --grad-accum $(GRAD_ACCUM) \
+                  --lr $(LR) --warmup $(WARMUP) --nproc $(NPROC) $(TRAIN_OPTS)
 
-.PHONY: all setup download normalize filter dedup train-tokenizer pack train test bench lint clean
+.PHONY: all setup download normalize filter dedup train-tokenizer pack train generate report test bench lint clean
 
-all: train
-	@echo "funnel done: see $(WORK)/"
+all: generate
+	@echo "funnel done: see $(WORK)/ (and \`make report\`)"
 
 # Install once into a virtual environment: the CPU build of torch first (a bare `torch`
 # requirement would pull a multi-GB CUDA build), then the package with its dev extra.
@@ -60,7 +71,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-download: setup
+download: $(SETUP)
 	$(NONLLAMA) download $(SOURCE) $(COMMON_OPTS) $(DOWNLOAD_OPTS)
 
 normalize: download
@@ -78,9 +89,18 @@ train-tokenizer: dedup
 pack: train-tokenizer
 	$(NONLLAMA) pack $(COMMON_OPTS) $(PACK_OPTS)
 
-# A finished run with the same config is left alone; an interrupted one is resumed.
+# A finished run with the same config and data is left alone, an interrupted one is resumed,
+# and one whose config or data changed starts over.
 train: pack
-	$(NONLLAMA) train $(TRAIN_ARGS) $(if $(wildcard $(WORK)/runs/$(RUN)/checkpoints/*.pt),--resume)
+	$(NONLLAMA) train $(TRAIN_ARGS) --auto-resume
+
+# Samples saved beside the run; the same checkpoint and settings print the saved ones.
+generate: train
+	printf '%s\n' '$(subst ;,' ',$(PROMPTS))' | $(NONLLAMA) generate - --run $(WORK)/runs/$(RUN) \
+	    --max-new-tokens $(MAX_NEW_TOKENS) $(GEN_OPTS) --save $(WORK)/runs/$(RUN)/samples.json
+
+report: $(SETUP)
+	$(NONLLAMA) report --workdir $(WORK) -o $(WORK)/report.html
 
 test: setup
 	$(PY) -m pytest -q
