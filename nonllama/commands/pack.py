@@ -68,6 +68,6 @@ def print_pack_summary(run: StageRun) -> None:
     print_counts(m, run.output_dir)
     console.print(
         f"[green]pack[/]: {m['tokens']['train']:,} train and {m['tokens']['val']:,} val tokens "
-        f"(EOS included) from {m['rows_in']:,} documents, {m['wall_time_s']:.1f}s",
+        f"(BOS and EOS included) from {m['rows_in']:,} documents, {m['wall_time_s']:.1f}s",
         highlight=False,
     )

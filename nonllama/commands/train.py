@@ -30,7 +30,7 @@ def train(
     workdir: WorkdirOpt = Path("work"),
     config_file: Annotated[Path | None, typer.Option("--config", help="TOML file; its \\[train] table sets any option below.")] = None,
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the effective config as TOML and exit.")] = False,
-    preset: Annotated[str | None, _opt("--preset", help="Model size: tiny, 260k, 15m, 42m, 110m.", default=D.preset)] = None,
+    preset: Annotated[str | None, _opt("--preset", help="Model size: tiny, 260k, 2m, 15m, 42m, 110m.", default=D.preset)] = None,
     dim: Annotated[int | None, _opt("--dim", help="Model width (overrides the preset).")] = None,
     n_layers: Annotated[int | None, _opt("--n-layers", help="Transformer blocks.")] = None,
     n_heads: Annotated[int | None, _opt("--n-heads", help="Attention heads.")] = None,
