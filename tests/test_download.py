@@ -240,7 +240,7 @@ def test_unsupported_files_in_a_directory_are_reported(tmp_path, cli):
     src = tmp_path / "mixed"
     src.mkdir()
     (src / "a.jsonl").write_text('{"text": "kept"}\n')
-    (src / "page.warc.gz").write_bytes(b"not read")
+    (src / "scan.pdf").write_bytes(b"%PDF-1.4 not read")
     result = cli("download", src, "-o", tmp_path / "raw")
-    assert "page.warc.gz" in result.output
-    assert read_manifest(tmp_path / "raw")["skipped_files"] == [str(src / "page.warc.gz")]
+    assert "scan.pdf" in result.output
+    assert read_manifest(tmp_path / "raw")["skipped_files"] == [str(src / "scan.pdf")]

@@ -647,3 +647,57 @@ def test_real_wikipedia_dump(corpora):
     assert anarchism.text.startswith(
         "Anarchism is a political philosophy that advocates self-governed societies"
     )
+
+
+# --------------------------------------------------------------------------- WARC
+
+
+def write_warc(path: Path, responses: list[tuple[str, str, str, bytes]]) -> None:
+    """A gzipped WARC with a request and a response record per (url, status, content type, body)."""
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for url, status, content_type, body in responses:
+            writer.write_record(writer.create_warc_record(url, "request", payload=io.BytesIO(b"GET / HTTP/1.1\r\n\r\n")))
+            headers = StatusAndHeaders(status, [("Content-Type", content_type)], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body),
+                                                          http_headers=headers))
+
+
+PAGE = (b"<html><head><title>A page</title><style>p{}</style><script>var x = 1;</script></head><body>"
+        b"<nav><a href=/>Home</a><a href=/news>News</a></nav><h1>Big news</h1>"
+        b"<p>The first paragraph, with <b>bold</b> text.</p><p>Second&nbsp;one &amp; more.</p>"
+        b"<footer>Cookie policy</footer></body></html>")
+
+
+def test_warc_html_responses_become_plain_text_with_their_url(tmp_path):
+    path = tmp_path / "crawl.warc.gz"
+    write_warc(path, [
+        ("https://example.com/a", "200 OK", "text/html; charset=utf-8", PAGE),
+        ("https://example.com/logo.png", "200 OK", "image/png", b"\x89PNG"),
+        ("https://example.com/gone", "404 Not Found", "text/html", b"<p>missing</p>"),
+        ("https://example.com/zh", "200 OK", "text/html; charset=gbk", "<p>中文网页</p>".encode("gbk")),
+    ])
+    records = list(iter_file(path))
+    assert [type(r) for r in records] == [Record, Record]
+    page, chinese = records
+    # hidden elements gone, one line per block, menu links apart, entities decoded; menus and
+    # footers stay for the filter's line cleaning to judge
+    assert page.text == "Home News\nBig news\nThe first paragraph, with bold text.\nSecond one & more.\nCookie policy"
+    assert page.meta["url"] == "https://example.com/a" and page.meta["title"] == "A page"
+    assert chinese.text == "中文网页" and chinese.position == 3  # the ordinal among responses
+
+
+def test_a_broken_warc_is_reported_not_raised(tmp_path):
+    path = tmp_path / "broken.warc.gz"
+    path.write_bytes(gzip.compress(b"this is not a WARC record\r\n\r\n"))
+    records = list(iter_file(path))
+    assert len(records) == 1 and isinstance(records[0], BadRecord) and "WARC" in records[0].reason
+
+
+def test_real_crawl_pages(corpora):
+    pages = [r for f in sorted((corpora / "webcrawl").glob("*.warc.gz")) for r in iter_file(f)]
+    assert len(pages) > 30 and all(isinstance(r, Record) for r in pages)
+    assert all(r.meta["url"].startswith("http") and not re.search(r"<[a-zA-Z/!]", r.text) for r in pages)

@@ -31,6 +31,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from html.parser import HTMLParser
 from itertools import chain
 from pathlib import Path
 from typing import IO, Any
@@ -54,6 +55,8 @@ _FORMATS: dict[str, tuple[str, str | None]] = {
     ".txt.gz": ("txt", "gzip"),
     ".txt.zst": ("txt", "zstd"),
     ".xml.bz2": ("wiki", "bz2"),
+    ".warc": ("warc", None),
+    ".warc.gz": ("warc", None),  # warcio reads gzip members itself
 }
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(_FORMATS)
@@ -274,6 +277,8 @@ def iter_file(
         records = _read_csv(path, compression, shown, text_field)
     elif kind == "txt":
         records = _read_txt(path, compression, shown, split_on, pattern)
+    elif kind == "warc":
+        records = _read_warc(path, shown)
     else:
         records = _read_wiki(path, compression, shown)
     return _guard_container(records, shown)
@@ -957,3 +962,131 @@ def _read_wiki(path: Path, compression: str | None, shown: str) -> Iterator[Reco
                 yield BadRecord(shown, None, reason, _clip(f"{title}\n{wikitext}"))
                 continue
             yield Record(text, ordinal, meta)
+
+
+# ------------------------------------------------------------------------------------- WARC
+
+# Elements whose text a reader never sees; elements that start a new line of text.
+_HTML_HIDDEN = frozenset({"script", "style", "noscript", "template", "svg", "head", "iframe", "object"})
+_HTML_BLOCKS = frozenset({
+    "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "fieldset",
+    "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr",
+    "li", "main", "nav", "ol", "p", "pre", "section", "table", "td", "th", "tr", "ul", "option",
+    "button", "label", "summary", "details", "caption",
+})
+# inline elements that sit next to each other without spaces in the markup (links of a menu)
+_HTML_WORD_BREAKS = frozenset({"a", "img", "input", "select", "textarea", "span"})
+_HTML_SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
+_CHARSET = re.compile(rb"charset=[\"']?([A-Za-z0-9._-]+)", re.IGNORECASE)
+
+
+class _HtmlText(HTMLParser):
+    """The visible text of an HTML page, one line per block element.
+
+    Deliberately plain: menus, cookie banners and footers stay in as lines of their own, the
+    way a simple extractor (or Common Crawl's WET files) gives them, so that the filter's line
+    cleaning and dedup's paragraph rules are what remove them, with counts.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.lines: list[str] = []
+        self.current: list[str] = []
+        self.hidden = 0
+        self.title: list[str] = []
+        self.in_title = False
+
+    def _break(self) -> None:
+        line = _HTML_SPACES.sub(" ", "".join(self.current)).strip()
+        if line:
+            self.lines.append(line)
+        self.current = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "title":
+            self.in_title = True
+        if tag in _HTML_HIDDEN:
+            self.hidden += 1
+        elif tag in _HTML_BLOCKS:
+            self._break()
+        elif tag in _HTML_WORD_BREAKS:
+            self.current.append(" ")
+
+    def handle_startendtag(self, tag: str, attrs: list) -> None:
+        if tag in _HTML_BLOCKS:
+            self._break()
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self.in_title = False
+        if tag in _HTML_HIDDEN:
+            self.hidden = max(0, self.hidden - 1)
+        elif tag in _HTML_BLOCKS:
+            self._break()
+        elif tag in _HTML_WORD_BREAKS:
+            self.current.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if self.in_title:
+            self.title.append(data)
+        elif not self.hidden:
+            self.current.append(data.replace("\n", " "))
+
+    def text(self) -> str:
+        self._break()
+        return "\n".join(self.lines)
+
+
+def html_to_text(html: str) -> tuple[str, str]:
+    """(visible text, title) of an HTML document."""
+    parser = _HtmlText()
+    parser.feed(html)
+    parser.close()
+    return parser.text(), _HTML_SPACES.sub(" ", "".join(parser.title)).strip()
+
+
+def _decode_html(body: bytes, content_type: str) -> str | None:
+    """The page as text: the charset of its Content-Type or <meta>, else UTF-8; None if neither decodes."""
+    found = _CHARSET.search(content_type.encode("latin-1", "replace")) or _CHARSET.search(body[:4096])
+    for charset in ([found.group(1).decode("ascii", "replace")] if found else []) + ["utf-8"]:
+        try:
+            return body.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return None
+
+
+def _read_warc(path: Path, shown: str) -> Iterator[Record | BadRecord]:
+    """The HTML responses of a WARC file (as web crawlers write them) as plain text.
+
+    Position is the ordinal of the response record; responses that are not successful HTML
+    pages (images, redirects, errors) are skipped and take their ordinal with them. The URL,
+    title and crawl date go to `meta`.
+    """
+    from warcio.archiveiterator import ArchiveIterator
+    from warcio.exceptions import ArchiveLoadFailed
+
+    ordinal = -1
+    with open(path, "rb") as stream:
+        try:
+            for record in ArchiveIterator(stream):
+                if record.format != "warc":  # warcio reads anything else as a lenient old-style ARC
+                    raise _UnreadableFile(f"not a WARC file (a record of format {record.format!r})")
+                if record.rec_type != "response":
+                    continue
+                ordinal += 1
+                http = record.http_headers
+                content_type = (http.get_header("Content-Type") or "") if http else ""
+                if http is None or not http.get_statuscode().startswith("2") or "html" not in content_type.lower():
+                    continue
+                url = record.rec_headers.get_header("WARC-Target-URI") or ""
+                html = _decode_html(record.content_stream().read(), content_type)
+                if html is None:
+                    yield BadRecord(shown, None, f"{_UNDECODABLE}: {url}", url)
+                    continue
+                text, title = html_to_text(html)
+                meta = {"url": url.strip("<>"), "title": title,
+                        "warc_date": record.rec_headers.get_header("WARC-Date")}
+                yield Record(text, ordinal, meta)
+        except ArchiveLoadFailed as exc:
+            raise _UnreadableFile(f"not a readable WARC file ({exc})") from None
