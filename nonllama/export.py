@@ -39,9 +39,9 @@ import torch
 
 from nonllama.model import Llama, ModelConfig, hf_config, to_hf_state_dict
 from nonllama.pipeline.io import StageError, atomic_path, atomic_write_text
+from nonllama.pipeline.tokenizer import SPACE_MARK
 
 FORMATS = ("hf", "llama2c", "gguf")
-SPACE_MARK = "\u2581"  # SentencePiece's space
 
 # SentencePiece piece types (sentencepiece_model.proto); GGUF's token types use the same numbers
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

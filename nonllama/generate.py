@@ -29,10 +29,16 @@ import torch
 
 from nonllama.model import Llama, ModelConfig
 from nonllama.pipeline.io import StageError, atomic_write_text
-from nonllama.pipeline.tokenizer import BOS_ID, EOS_ID, MODEL_NAME, encode_texts, load_processor
+from nonllama.pipeline.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    MODEL_NAME,
+    SPACE_MARK,
+    encode_texts,
+    load_processor,
+)
 from nonllama.train.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
 
-_SPACE_MARK = "\u2581"
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 # SentencePiece decodes each byte that is not part of a valid UTF-8 character to one U+FFFD
 codecs.register_error("nonllama-per-byte", lambda e: ("\ufffd" * (e.end - e.start), e.end))
@@ -132,7 +138,7 @@ class TextStream:
             elif p.is_unknown(token):
                 value = p.decode([token]).encode()
             else:
-                value = piece.replace(_SPACE_MARK, " ").encode()
+                value = piece.replace(SPACE_MARK, " ").encode()
             self._bytes[token] = value
         return self._bytes[token]
 

@@ -25,11 +25,11 @@ import polars as pl
 
 from nonllama import __version__
 from nonllama.pipeline.io import atomic_path, atomic_write_text, list_parts, read_manifest
+from nonllama.train.metrics import SAMPLES_NAME, last_metrics, loss_figure, pyplot, read_metrics
 
 # (directory under the workdir, stage name): the document stages, in funnel order
 DOCUMENT_STAGES = [("raw", "download"), ("normalized", "normalize"), ("filtered", "filter"), ("deduped", "dedup")]
 TOKENIZER_DIR, PACKED_DIR, RUNS_DIR = "tokenizer", "packed", "runs"
-SAMPLES_NAME = "samples.json"  # written by `nonllama generate --save` beside a run's checkpoints
 EXCERPT_CHARS = 240
 
 
@@ -95,22 +95,11 @@ def _excerpt(text: str | None, limit: int = EXCERPT_CHARS) -> str:
 
 
 def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ------------------------------------------------------------------------------ the funnel
@@ -299,17 +288,10 @@ def tokens_section(workdir: Path) -> Section:
 # ------------------------------------------------------------------------------ training
 
 
-def _metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def run_section(run: Path) -> Section:
     """One training run: its config, last metrics, curves and the samples saved beside it."""
     section = Section(f"Training run {run.name}")
-    records = _metrics(run)
+    records = read_metrics(run)
     config_path = run / "config.toml"
     if config_path.exists():
         import tomllib
@@ -319,30 +301,14 @@ def run_section(run: Path) -> Section:
                 "lr", "schedule", "max_steps", "max_tokens", "seed")
         section.add(Table(["option", "value"], [[k, _n(cfg[k])] for k in keys if k in cfg], caption="config.toml"))
     train = [r for r in records if r["split"] == "train"]
-    val = [r for r in records if r["split"] == "val"]
     if not train:
         section.add(Text("No metrics yet."))
         return section
-    last = train[-1]
-    rows = [["step", _n(last["step"])], ["tokens", _n(last["tokens"])], ["train loss", f"{last['loss']:.4f}"],
-            ["skipped steps", _n(last.get("skipped", 0))]]
-    if val:
-        v = val[-1]
-        rows += [["val loss", f"{v['val_loss']:.4f}"], ["val perplexity", f"{v['val_ppl']:.2f}"],
-                 ["val top-1 / top-5", f"{v['val_top1']:.1%} / {v['val_top5']:.1%}"]]
-    section.add(Table(["metric", "last value"], rows))
+    section.add(Table(["metric", "last value"], [list(row) for row in last_metrics(records, speed=False)]))
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], label="train", linewidth=1)
-    if val:
-        ax.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o-", label="val", markersize=3)
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig = loss_figure(records)
     section.add(Figure(_png(fig), f"{run.name}-loss.png", "train and validation loss against tokens"))
-    fig, (lr_ax, norm_ax) = plt.subplots(1, 2, figsize=(9, 3))
+    fig, (lr_ax, norm_ax) = pyplot().subplots(1, 2, figsize=(9, 3))
     steps = [r["step"] for r in train]
     lr_ax.plot(steps, [r["lr"] for r in train])
     lr_ax.set_title("learning rate")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from fake_hub import fake_hub  # noqa: F401 - a fixture: a local stand-in for the Hugging Face Hub
-from typer.testing import CliRunner
+from tiny_runs import invoker
 
 os.environ.setdefault("NONLLAMA_NO_PROGRESS", "1")
 # rich lays tables out at the terminal's width, which differs between machines (and with the
@@ -28,14 +28,4 @@ def corpora() -> Path:
 @pytest.fixture
 def cli():
     """Run `nonllama ARGS...` in-process (`input`: its stdin); returns the click Result."""
-    from nonllama.cli import app
-
-    runner = CliRunner()
-
-    def invoke(*args: str, expect: int | None = 0, input: str | None = None):
-        result = runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
-        if expect is not None:
-            assert result.exit_code == expect, (result.exit_code, result.output)
-        return result
-
-    return invoke
+    return invoker()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_runs import invoker, one_line, one_thread, sample_texts, tiny_run, train_tokenizer  # noqa: F401
+from tiny_runs import one_line, one_thread, sample_texts, tiny_run_dir, train_tokenizer  # noqa: F401
 
 from nonllama.export import (
     export_gguf,
@@ -39,12 +39,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return tiny_run(invoker(), tmp_path_factory.mktemp("export"))
-    finally:
-        torch.set_num_threads(threads)
+    return tiny_run_dir(tmp_path_factory, "export")
 
 
 def varied(model: Llama) -> Llama:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import invoker, one_line, one_thread, sample_texts, tiny_run, train_tokenizer  # noqa: F401
+from tiny_runs import one_line, one_thread, sample_texts, tiny_run_dir, train_tokenizer  # noqa: F401
 
 from nonllama.generate import Sampling, TextStream, encode_prompt, generate, read_prompts
 from nonllama.model import Decoder, KVCache, Llama, ModelConfig, sample
@@ -18,12 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return tiny_run(invoker(), tmp_path_factory.mktemp("generate"))
-    finally:
-        torch.set_num_threads(threads)
+    return tiny_run_dir(tmp_path_factory, "generate")
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@ trained in a second, a tiny run trained through the CLI."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -89,11 +91,26 @@ def invoker():
     return invoke
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch on `n` threads inside the block, its former count after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models gain nothing from threads, and on a busy 2-core machine threads that spin
     waiting for each other make a step several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
+
+
+def tiny_run_dir(tmp_path_factory, name: str) -> Path:
+    """`tiny_run` for a module-scoped fixture: its own directory, trained on one thread."""
+    with torch_threads(1):
+        return tiny_run(invoker(), tmp_path_factory.mktemp(name))

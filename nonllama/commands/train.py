@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -139,23 +138,12 @@ def _auto_resume(config: TrainConfig, world_size: int, dry_run: bool, worker: bo
 def print_summary(out: Path) -> None:
     """The last train and val metrics of a run, from its metrics.jsonl."""
     from nonllama.train.checkpoint import latest_checkpoint
-    from nonllama.train.loop import METRICS_NAME, PLOT_NAME
+    from nonllama.train.metrics import PLOT_NAME, last_metrics, read_metrics
 
-    records = [json.loads(line) for line in (out / METRICS_NAME).read_text(encoding="utf-8").splitlines() if line.strip()]
-    train_rec = next((r for r in reversed(records) if r["split"] == "train"), None)
-    val_rec = next((r for r in reversed(records) if r["split"] == "val"), None)
     table = Table(title=f"train -> {out}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    if train_rec:
-        table.add_row("step", f"{train_rec['step']:,}")
-        table.add_row("tokens", f"{train_rec['tokens']:,}")
-        table.add_row("train loss", f"{train_rec['loss']:.4f}")
-        table.add_row("skipped steps", f"{train_rec['skipped']:,}")
-        table.add_row("tokens/s (last step)", f"{train_rec['tokens_per_s']:,.0f}")
-    if val_rec:
-        table.add_row("val loss", f"{val_rec['val_loss']:.4f}")
-        table.add_row("val perplexity", f"{val_rec['val_ppl']:.2f}")
-        table.add_row("val top-1 / top-5", f"{val_rec['val_top1']:.1%} / {val_rec['val_top5']:.1%}")
+    for metric, value in last_metrics(read_metrics(out)):
+        table.add_row(metric, value)
     console.print(table)
     console.print(f"[green]train[/]: checkpoint {latest_checkpoint(out)}, plot {out / PLOT_NAME}", highlight=False)

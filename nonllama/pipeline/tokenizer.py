@@ -71,7 +71,7 @@ VOCAB_NAME = "tokenizer.vocab"
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 SPECIAL_IDS = {"unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID}
 NEWLINE_PIECE = "\n"
-_SPACE_MARK = "\u2581"  # how SentencePiece writes a space inside pieces
+SPACE_MARK = "\u2581"  # how SentencePiece writes a space inside pieces
 
 MODEL_TYPES = ("bpe", "unigram")
 HASH_BINS = 1 << 14  # resolution of the u histograms: the sample misses its budget by < 1/16384
@@ -348,9 +348,9 @@ def encode_texts(processor: Any, texts: list[str], num_threads: int = 1, add_bos
     """
     ids = processor.encode(texts, num_threads=num_threads, add_bos=add_bos, add_eos=add_eos)
     for i, text in enumerate(texts):
-        if _SPACE_MARK in text:
-            marker = [processor.piece_to_id(f"<0x{b:02X}>") for b in _SPACE_MARK.encode()]
-            pieces = processor.encode(text.split(_SPACE_MARK))
+        if SPACE_MARK in text:
+            marker = [processor.piece_to_id(f"<0x{b:02X}>") for b in SPACE_MARK.encode()]
+            pieces = processor.encode(text.split(SPACE_MARK))
             ids[i] = [t for piece in pieces[:-1] for t in (*piece, *marker)] + pieces[-1]
             if add_bos:
                 ids[i].insert(0, processor.bos_id())

@@ -48,9 +48,7 @@ from nonllama.train.checkpoint import (
 )
 from nonllama.train.config import TrainConfig, to_toml
 from nonllama.train.data import PackedData, WindowSampler, eval_starts, get_batch
-
-METRICS_NAME = "metrics.jsonl"
-PLOT_NAME = "loss.png"
+from nonllama.train.metrics import METRICS_NAME, PLOT_NAME, SAMPLES_NAME, plot_losses
 
 
 @dataclass
@@ -119,7 +117,7 @@ def prepare_run(config: TrainConfig, resume: bool) -> Path | None:
 # Options that may change between invocations of one run without making it another run.
 RUN_CONTROL = ("stop_at", "keep", "data", "out")
 # What a run directory holds besides config.toml: all of it belongs to one run.
-RUN_OUTPUTS = (CHECKPOINT_DIR, METRICS_NAME, PLOT_NAME, "tensorboard", "samples.json")
+RUN_OUTPUTS = (CHECKPOINT_DIR, METRICS_NAME, PLOT_NAME, "tensorboard", SAMPLES_NAME)
 
 
 @dataclass
@@ -406,31 +404,4 @@ class RunLog:
         self._file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
-        plot_losses(self.metrics_path, self.out / PLOT_NAME)
-
-
-def plot_losses(metrics_path: Path, png_path: Path) -> None:
-    """Train and validation loss against tokens seen."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    train = [(r["tokens"], r["loss"]) for r in records if r["split"] == "train"]
-    val = [(r["tokens"], r["val_loss"]) for r in records if r["split"] == "val"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train", linewidth=1)
-    if val:
-        ax.plot(*zip(*val, strict=True), "o-", label="val", markersize=3)
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+        plot_losses(self.out)
