@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import time
 from pathlib import Path
 
 import polars as pl
@@ -22,6 +25,7 @@ from nonllama.pipeline.io import (
     read_parts,
     require_finished,
     run_shard_stage,
+    run_tasks,
     write_manifest,
 )
 
@@ -153,3 +157,55 @@ def test_part_writer_abort_leaves_no_file(tmp_path):
     w.write(pa.Table.from_pylist([{"id": "a", "text": "b", "source": "c", "meta": None}], schema=DOCUMENT_SCHEMA))
     w.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+# Pool tasks: module-level, so that the spawned helper processes can import them. Each is slow
+# in the driver, so that the helper (a second or so to start) gets tasks too.
+
+
+def _in_helper() -> bool:
+    return multiprocessing.parent_process() is not None
+
+
+def _square(task: int, report) -> int:
+    if not _in_helper():
+        time.sleep(0.3)
+    report(1, 0)
+    return task * task
+
+
+def _fails_in_helper(task: int, report) -> int:
+    if _in_helper():
+        raise StageError(f"part {task}: unreadable")
+    time.sleep(0.3)
+    return task
+
+
+def _dies_in_helper(task: int, report) -> int:
+    if _in_helper():
+        os._exit(3)
+    time.sleep(0.3)
+    return task
+
+
+def _pool(fn, n: int, seen: list) -> list:
+    return run_tasks(fn, list(range(n)), workers=2, description="test", total_docs=n,
+                     on_result=lambda i, r: seen.append((i, r)))
+
+
+def test_pool_gives_results_in_task_order_and_each_once_to_on_result():
+    seen: list = []
+    assert _pool(_square, 12, seen) == [i * i for i in range(12)]
+    assert sorted(seen) == [(i, i * i) for i in range(12)]
+
+
+def test_pool_raises_a_helpers_error_and_stops_taking_tasks():
+    seen: list = []
+    with pytest.raises(StageError, match="unreadable"):
+        _pool(_fails_in_helper, 40, seen)
+    assert len(seen) < 40  # the driver stopped too; it did not run the remaining tasks
+
+
+def test_pool_names_the_task_a_dead_helper_was_running():
+    with pytest.raises(StageError, match=r"worker process died while running task \d+ of 40 \(exit code 3"):
+        _pool(_dies_in_helper, 40, [])

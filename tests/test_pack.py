@@ -37,17 +37,15 @@ def _pack(cli, work, out, *args, expect=0):
     return cli("pack", "-i", work / "normalized", "--workdir", work, "-o", out, *args, expect=expect)
 
 
-def test_every_document_packed_once_and_decodes_back(tmp_path, work, cli):
-    _pack(cli, work, tmp_path / "p")
-    m = read_manifest(tmp_path / "p")
-    assert m["dtype"] == "uint16" and m["vocab_size"] == 2000 and m["eos_id"] == EOS_ID == 2
-    index = pl.read_parquet(tmp_path / "p" / "index.parquet")
+def _assert_every_document_once_and_decodes_back(packed, work) -> tuple[dict, pl.DataFrame]:
+    m = read_manifest(packed)
+    index = pl.read_parquet(packed / "index.parquet")
     docs = read_parts(work / "normalized").select("id", "text", "source")
     assert sorted(index["id"]) == sorted(docs["id"])  # every document once, in one split
     sp = load_processor(work / "tokenizer" / "tokenizer.model")
     texts = dict(docs.select("id", "text").iter_rows())
     for split in ("train", "val"):
-        data = np.fromfile(tmp_path / "p" / f"{split}.bin", dtype=np.uint16)
+        data = np.fromfile(packed / f"{split}.bin", dtype=np.uint16)
         rows = index.filter(pl.col("split") == split)
         assert data.size == m["tokens"][split] == int((rows["length"] + 2).sum())
         # BOS and EOS only around documents: BOS before each, EOS after it
@@ -55,9 +53,27 @@ def test_every_document_packed_once_and_decodes_back(tmp_path, work, cli):
         for doc_id, offset, length in rows.select("id", "offset", "length").iter_rows():
             assert data[offset - 1] == BOS_ID and data[offset + length] == EOS_ID
             assert sp.decode(data[offset : offset + length].tolist()) == texts[doc_id]
-    assert 1 <= m["docs"]["val"] < 10  # 0.5 % of ~625, at least one
     per_source = m["per_source"]
-    assert sum(v["train_tokens"] + v["val_tokens"] for v in per_source.values()) == data.size + m["tokens"]["train"]
+    assert sum(v["train_tokens"] + v["val_tokens"] for v in per_source.values()) == sum(m["tokens"].values())
+    return m, index
+
+
+def test_every_document_packed_once_and_decodes_back(tmp_path, work, cli):
+    _pack(cli, work, tmp_path / "p")
+    m, _ = _assert_every_document_once_and_decodes_back(tmp_path / "p", work)
+    assert m["dtype"] == "uint16" and m["vocab_size"] == 2000 and m["eos_id"] == EOS_ID == 2
+    assert 1 <= m["docs"]["val"] < 10  # 0.5 % of ~625, at least one
+
+
+def test_a_val_fraction_no_hash_reaches_still_gives_one_val_document(tmp_path, work, cli):
+    """The document with the smallest hash moves to val: train.bin, written as shards finished,
+    is rewritten without it, whatever the number of workers."""
+    for workers in ("1", "2"):
+        _pack(cli, work, tmp_path / workers, "--val-fraction", "1e-9", "--workers", workers)
+        m, index = _assert_every_document_once_and_decodes_back(tmp_path / workers, work)
+        assert m["docs"]["val"] == 1 and m["per_source"][index.filter(pl.col("split") == "val")["source"][0]]["val_docs"] == 1
+    for name in ("train.bin", "val.bin", "index.parquet"):
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes()
 
 
 def test_one_and_two_workers_give_identical_files_and_rerun_is_a_no_op(tmp_path, work, cli):
@@ -165,3 +181,9 @@ def test_both_encoding_paths_frame_documents_alike(work):
     inserted, n2 = encode_documents(InsertsAfterwards(), texts, np.dtype(np.uint16))
     assert one_pass.tolist() == inserted.tolist() and n1.tolist() == n2.tolist()
     assert one_pass[0] == BOS_ID and one_pass[-1] == EOS_ID and int(n1.sum()) + 2 * len(texts) == len(one_pass)
+    # pack hands SentencePiece UTF-8 bytes straight from Arrow: the same tokens as from str
+    from_bytes, n3 = encode_documents(sp, [t.encode() for t in texts], np.dtype(np.uint16))
+    assert from_bytes.tolist() == one_pass.tolist() and n3.tolist() == n1.tolist()
+    starts = np.cumsum(n1 + 2) - (n1 + 2) + 1
+    decoded = [sp.decode(one_pass[s : s + n].tolist()) for s, n in zip(starts, n1, strict=True)]
+    assert decoded == texts  # the literal ▁ too

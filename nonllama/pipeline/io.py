@@ -17,14 +17,15 @@ import hashlib
 import json
 import multiprocessing
 import os
-import queue
 import shutil
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import Any
 
@@ -385,14 +386,145 @@ def make_progress(console: Console | None = None) -> Progress:
 Reporter = Callable[[int, int], None]  # (documents, bytes) done since the last call
 
 
-class _QueueReporter:
-    """Picklable reporter that forwards progress from a worker process to the driver."""
+class _PipeReporter:
+    """A helper process's reporter: sends progress to the driver, at most every 0.1 s."""
 
-    def __init__(self, q: Any):
-        self.q = q
+    INTERVAL = 0.1
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.docs = self.nbytes = 0
+        self.sent = time.monotonic()
 
     def __call__(self, docs: int, nbytes: int) -> None:
-        self.q.put((docs, nbytes))
+        self.docs += docs
+        self.nbytes += nbytes
+        if time.monotonic() - self.sent >= self.INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.docs or self.nbytes:
+            self.conn.send(("progress", self.docs, self.nbytes))
+            self.docs = self.nbytes = 0
+        self.sent = time.monotonic()
+
+
+def _take_task(counter: Any, n_tasks: int) -> int | None:
+    """The next task nobody has taken yet, or None: the driver and the helpers share one counter."""
+    with counter.get_lock():
+        i = counter.value
+        if i >= n_tasks:
+            return None
+        counter.value = i + 1
+        return i
+
+
+def _helper_main(fn: Callable[..., Any], tasks: Sequence[Any], counter: Any, conn: Connection) -> None:
+    """A helper process: take tasks until none is left, sending each result (or error) to the driver."""
+    report = _PipeReporter(conn)
+    while (i := _take_task(counter, len(tasks))) is not None:
+        conn.send(("start", i))
+        try:
+            result = fn(tasks[i], report)
+        except BaseException as e:  # noqa: BLE001 - every failure goes to the driver, which raises it
+            report.flush()
+            try:
+                conn.send(("error", i, e, traceback.format_exc()))
+            except Exception:  # the exception does not pickle: send what it said
+                conn.send(("error", i, RuntimeError(f"{type(e).__name__}: {e}"), traceback.format_exc()))
+            return
+        report.flush()
+        conn.send(("done", i, result))
+    conn.close()
+
+
+class _Helpers:
+    """Helper processes that take tasks from the counter the driver takes from too."""
+
+    def __init__(self, fn: Callable[..., Any], tasks: Sequence[Any], count: int,
+                 finished: Callable[[int, Any], None], advance: Reporter):
+        # spawn, not fork: polars and pyarrow keep thread pools that fork would copy half-locked.
+        # Each helper gets one polars thread: the parallelism is the processes.
+        ctx = multiprocessing.get_context("spawn")
+        self.n_tasks = len(tasks)
+        self.counter = ctx.Value("q", 0)
+        self.finished = finished
+        self.advance = advance
+        self.running: dict[Connection, int | None] = {}  # a helper's pipe -> the task it is on
+        self.processes: dict[Connection, Any] = {}
+        self.last_poll = 0.0
+        with _child_env(POLARS_MAX_THREADS="1"):
+            for _ in range(count):
+                reader, writer = ctx.Pipe(duplex=False)
+                process = ctx.Process(target=_helper_main, args=(fn, tasks, self.counter, writer), daemon=True)
+                process.start()
+                writer.close()  # the helper holds the other end: its exit closes the pipe
+                self.running[reader] = None
+                self.processes[reader] = process
+
+    def take(self) -> int | None:
+        return _take_task(self.counter, self.n_tasks)
+
+    def poll(self, timeout: float | None = 0.0) -> None:
+        """Handle what the helpers sent: progress, results, errors, exits."""
+        self.last_poll = time.monotonic()
+        for conn in connection_wait(list(self.running), timeout):
+            try:
+                message = conn.recv()
+            except EOFError:
+                self._exited(conn)
+                continue
+            kind, *rest = message
+            if kind == "progress":
+                self.advance(*rest)
+            elif kind == "start":
+                self.running[conn] = rest[0]
+            elif kind == "done":
+                self.running[conn] = None
+                self.finished(*rest)
+            else:  # error
+                _, error, trace = rest
+                raise error from _RemoteTraceback(trace)
+
+    def poll_now_and_then(self, docs: int, nbytes: int) -> None:
+        """The driver's reporter: its own progress, and a look at the helpers' every 0.1 s."""
+        self.advance(docs, nbytes)
+        if time.monotonic() - self.last_poll >= _PipeReporter.INTERVAL:
+            self.poll()
+
+    def wait(self) -> None:
+        while self.running:
+            self.poll(timeout=None)
+
+    def _exited(self, conn: Connection) -> None:
+        task = self.running.pop(conn)
+        process = self.processes.pop(conn)
+        process.join()
+        if task is not None or process.exitcode:
+            what = f"while running task {task + 1} of {self.n_tasks}" if task is not None else "at start-up"
+            raise StageError(
+                f"a worker process died {what} (exit code {process.exitcode}"
+                f"{': killed, out of memory?' if process.exitcode == -9 else ''}); rerun with --workers 1 to see why"
+            )
+
+    def stop(self) -> None:
+        """No task is taken any more; helpers still running (after an error) are ended."""
+        with self.counter.get_lock():
+            self.counter.value = self.n_tasks
+        for process in self.processes.values():
+            if process.is_alive():
+                process.terminate()
+            process.join()
+
+
+class _RemoteTraceback(Exception):
+    """The traceback of an error raised in a helper process, shown as the cause of the re-raised error."""
+
+    def __init__(self, trace: str):
+        self.trace = trace
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.trace}\"\"\""
 
 
 def run_tasks(
@@ -403,11 +535,16 @@ def run_tasks(
     description: str,
     total_docs: int | None,
     console: Console | None = None,
+    on_result: Callable[[int, Any], None] | None = None,
 ) -> list[Any]:
     """Run ``fn(task, report)`` for every task, in `workers` processes, showing progress.
 
     Results come back in task order whatever order the workers finish in, so outputs
-    are deterministic. With one worker everything runs in this process.
+    are deterministic. `on_result(i, result)`, when given, is called in this process as each
+    task's result arrives, in the order they finish. This process is one of the workers: it starts ``workers - 1`` helper
+    processes and takes tasks itself while they start up (a spawned interpreter importing the
+    stage takes about a second), so no core waits. Tasks go to whoever is free, one at a time.
+    An error in any task stops the others and is raised here.
     """
     results: list[Any] = [None] * len(tasks)
     with make_progress(console) as progress:
@@ -417,27 +554,24 @@ def run_tasks(
             task = progress.tasks[bar]
             progress.update(bar, advance=docs, bytes=task.fields.get("bytes", 0) + nbytes)
 
+        def finished(i: int, result: Any) -> None:
+            results[i] = result
+            if on_result is not None:
+                on_result(i, result)
+
         if workers <= 1 or len(tasks) <= 1:
             for i, task in enumerate(tasks):
-                results[i] = fn(task, advance)
+                finished(i, fn(task, advance))
             return results
 
-        # spawn, not fork: polars and pyarrow keep thread pools that fork would copy half-locked.
-        # Each worker gets one polars thread: the parallelism is the workers, and N workers with
-        # N threads each would fight over the cores.
-        ctx = multiprocessing.get_context("spawn")
-        with _child_env(POLARS_MAX_THREADS="1"), ctx.Manager() as manager, ProcessPoolExecutor(
-            max_workers=min(workers, len(tasks)), mp_context=ctx
-        ) as pool:
-            q = manager.Queue()
-            reporter = _QueueReporter(q)
-            pending: dict[Future, int] = {pool.submit(fn, t, reporter): i for i, t in enumerate(tasks)}
-            while pending:
-                done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(q, advance)
-                for fut in done:
-                    results[pending.pop(fut)] = fut.result()
-            _drain(q, advance)
+        helpers = _Helpers(fn, tasks, min(workers, len(tasks)) - 1, finished, advance)
+        try:
+            while (i := helpers.take()) is not None:
+                finished(i, fn(tasks[i], helpers.poll_now_and_then))
+                helpers.poll()  # a helper's error stops the run now, not after every task ran
+            helpers.wait()
+        finally:
+            helpers.stop()
     return results
 
 
@@ -454,15 +588,6 @@ def _child_env(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _drain(q: Any, advance: Reporter) -> None:
-    while True:
-        try:
-            docs, nbytes = q.get_nowait()
-        except queue.Empty:
-            return
-        advance(docs, nbytes)
 
 
 # --------------------------------------------------------------------------- shard stages

@@ -13,11 +13,13 @@
 - ``_manifest.json``: dtype, vocab size, the tokenizer's sha256, token counts per split and per
   source (BOS and EOS included: what is on disk), the mix asked for and the shares that resulted.
 
-How. Workers (one task per input part) encode batches with SentencePiece (C++, one thread per
-worker) and write each part's tokens, BOS and EOS around each document, to a temporary shard file, plus a small
-index (id, source, length, two hash numbers). The driver then decides splits and mixing from
-the indexes and concatenates the shards in part order, so the output is the same bytes whatever
-the number of workers.
+How. Workers (one task per input part, the `nonllama` process among them) encode batches with
+SentencePiece (C++, one thread per worker, the ids handed back as numpy buffers) and write each
+part's tokens, BOS and EOS around each document, to a temporary shard file, plus a small index
+(id, source, length, two hash numbers). The driver decides splits and mixing from the indexes
+and concatenates the shards in part order, so the output is the same bytes whatever the number
+of workers. Without mixing it does so while the encoding goes on, each shard as soon as it and
+those before it are encoded (see `_Assembly`).
 
 Splits. A document is in val when a hash of its id (xxh64, seed 0x5EED + `seed`) is below
 `val_fraction`; when no document is, the one with the smallest hash is. Stable across reruns
@@ -34,11 +36,10 @@ shares that resulted. The val split is never mixed: its loss stays comparable ac
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc  # noqa: F401 - pa.ipc
 import pyarrow.parquet as pq
 from rich.console import Console
 
@@ -175,26 +178,33 @@ def shard_paths(shard_dir: Path, index: int) -> tuple[Path, Path]:
 DOC_FRAME = 2  # tokens around each document's text on disk: BOS before it, EOS after it
 
 
-def encode_documents(processor: Any, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Flat tokens of `texts`, each as BOS + text + EOS, and the text token count of each."""
-    if processor.bos_id() == BOS_ID and processor.eos_id() == EOS_ID:  # SentencePiece adds both: one pass
-        ids = encode_texts(processor, texts, add_bos=True, add_eos=True)
-        spans = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        return np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(spans.sum())), spans - DOC_FRAME
-    ids = encode_texts(processor, texts)
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
-    ends = np.cumsum(lengths)
+def encode_documents(processor: Any, texts: Sequence[str] | Sequence[bytes],
+                     dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Flat tokens of `texts`, each as BOS + text + EOS, and the text token count of each.
+
+    SentencePiece hands back each document's ids as a numpy buffer: no Python int is made for
+    any token, which would cost pack about 7% beside the encoding itself.
+    """
+    if not texts:
+        return np.zeros(0, dtype), np.zeros(0, np.int64)
+    frame = processor.bos_id() == BOS_ID and processor.eos_id() == EOS_ID  # SentencePiece adds both
+    ids = encode_texts(processor, texts, add_bos=frame, add_eos=frame, as_arrays=True)
+    spans = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.concatenate(ids, dtype=dtype, casting="unsafe")  # ids < vocab size: dtype holds them
+    if frame:
+        return flat, spans - DOC_FRAME
+    ends = np.cumsum(spans)
     flat = np.insert(flat, ends, dtype.type(EOS_ID))
-    return np.insert(flat, ends - lengths + np.arange(len(ends)), dtype.type(BOS_ID)), lengths
+    return np.insert(flat, ends - spans + np.arange(len(ends)), dtype.type(BOS_ID)), spans
 
 
 def pack_shard(task: PackTask, report: Reporter) -> ShardSummary:
     """Encode one input part into a shard token file and its index.
 
     This loop runs beside SentencePiece and its overhead is what separates pack from the bare
-    encode rate, so it stays lean: pyarrow batches of three columns, the texts turned into
-    Python strings once (SentencePiece needs them), ids and sources kept as Arrow arrays, the
+    encode rate, so it stays lean: pyarrow batches of three columns, the texts handed to
+    SentencePiece as UTF-8 bytes straight from Arrow (a Python str would be decoded from
+    UTF-8 only for SentencePiece to encode it back), ids and sources kept as Arrow arrays, the
     index written as uncompressed Arrow IPC (a temporary file the driver reads back once).
     """
     processor = _processor(task.model, task.model_sha256)
@@ -207,51 +217,41 @@ def pack_shard(task: PackTask, report: Reporter) -> ShardSummary:
     tokens = 0
     with open(tokens_path, "wb") as f:
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=["id", "source", "text"], use_threads=False):
-            text = pl.Series(batch.column("text"))
-            texts = text.to_list()  # polars: faster than pyarrow's to_pylist on older pyarrow
-            if text.null_count():
-                texts = [t or "" for t in texts]
+            texts = batch.column("text").cast(pa.binary()).to_pylist()
+            if batch.column("text").null_count:
+                texts = [t or b"" for t in texts]
             flat, n = encode_documents(processor, texts, dtype)
             f.write(flat)
             tokens += flat.size
-            id_chunks.append(batch.column("id"))
-            source_chunks.append(batch.column("source"))
+            id_chunks.append(batch.column("id").cast(pa.string()))
+            source_chunks.append(pc.fill_null(batch.column("source").cast(pa.string()), ""))
             lengths.append(n)
-            report(batch.num_rows, int(text.str.len_bytes().sum() or 0))
-    schema = parquet.schema_arrow
-    index = pl.DataFrame(
-        {
-            "id": pl.Series(pa.chunked_array(id_chunks, schema.field("id").type)).cast(pl.String),
-            "source": pl.Series(pa.chunked_array(source_chunks, schema.field("source").type)).cast(pl.String),
-            "length": np.concatenate(lengths).astype(np.int32) if lengths else np.zeros(0, np.int32),
-        }
-    ).with_columns(pl.col("source").fill_null(""))
-    ids = index["id"].to_list()
-    index = index.with_columns(
-        val_hash=doc_unit_hash(ids, VAL_SALT + task.seed), mix_hash=doc_unit_hash(ids, MIX_SALT + task.seed)
+            report(batch.num_rows, sum(map(len, texts)))
+    ids = pa.chunked_array(id_chunks, pa.string()).combine_chunks()
+    sources = pa.chunked_array(source_chunks, pa.string()).combine_chunks()
+    length = np.concatenate(lengths).astype(np.int32) if lengths else np.zeros(0, np.int32)
+    val_hash = doc_unit_hash(ids, VAL_SALT + task.seed)
+    index = pa.table(
+        {"id": ids, "source": sources, "length": length, "val_hash": val_hash,
+         "mix_hash": doc_unit_hash(ids, MIX_SALT + task.seed)}
     )
-    index.write_ipc(index_path, compression="uncompressed")
-    in_val = index["val_hash"] < task.val_fraction
-    per_source: dict[str, dict[str, int]] = {}
+    with pa.OSFile(str(index_path), "wb") as sink, pa.ipc.new_file(sink, index.schema) as writer:
+        writer.write_table(index)
     summary = (
-        index.with_columns(val=in_val, tokens=pl.col("length").cast(pl.Int64) + DOC_FRAME)
-        .group_by("source", "val")
-        .agg(pl.len().alias("docs"), pl.col("tokens").sum())
+        pa.table({"source": sources, "val": val_hash < task.val_fraction, "tokens": length.astype(np.int64) + DOC_FRAME})
+        .group_by(["source", "val"], use_threads=False)
+        .aggregate([("tokens", "count"), ("tokens", "sum")])
     )
-    for source, val, docs, n in summary.iter_rows():
+    per_source: dict[str, dict[str, int]] = {}
+    columns = (summary.column(c).to_pylist() for c in ("source", "val", "tokens_count", "tokens_sum"))
+    for source, val, docs, n in zip(*columns, strict=True):
         split = "val" if val else "train"
         entry = per_source.setdefault(source, {"train_docs": 0, "train_tokens": 0, "val_docs": 0, "val_tokens": 0})
         entry[f"{split}_docs"] += docs
         entry[f"{split}_tokens"] += n
-    min_row = int(index["val_hash"].arg_min()) if index.height else -1
-    return ShardSummary(
-        task.index,
-        index.height,
-        tokens,
-        per_source,
-        float(index["val_hash"][min_row]) if index.height else 2.0,
-        min_row,
-    )
+    min_row = int(np.argmin(val_hash)) if len(val_hash) else -1
+    return ShardSummary(task.index, len(length), tokens, per_source,
+                        float(val_hash[min_row]) if len(val_hash) else 2.0, min_row)
 
 
 # --------------------------------------------------------------------------- the driver
@@ -270,6 +270,12 @@ class _HashingWriter:
         self.f.write(data)
         self.sha.update(data)
         self.tokens += array.size
+
+    def restart(self) -> None:
+        self.f.seek(0)
+        self.f.truncate()
+        self.sha = hashlib.sha256()
+        self.tokens = 0
 
 
 @contextmanager
@@ -308,23 +314,29 @@ def _assemble_shard(
     dtype: np.dtype,
     forced_val: tuple[int, int] | None,
     val_fraction: float,
-    factors: dict[str, float],
+    factors: dict[str, float] | None,
     writers: dict[str, _HashingWriter],
     index_writer: pq.ParquetWriter,
 ) -> None:
-    """Copy one shard's documents into train.bin / val.bin (repeats included) and the index."""
+    """Copy one shard's documents into train.bin / val.bin (repeats included) and the index.
+
+    `factors`: each source's repeat factor; None: every document once (no mixing)."""
     tokens_path, index_path = shard_paths(shard_dir, shard)
-    tokens = np.fromfile(tokens_path, dtype=dtype)
-    index = pl.read_ipc(index_path)
-    if index.height == 0:
+    index = read_shard_index(index_path)
+    if index.num_rows == 0:
         return
-    is_val = (index["val_hash"] < val_fraction).to_numpy().copy()
+    tokens = np.fromfile(tokens_path, dtype=dtype)
+    is_val = index["val_hash"].to_numpy() < val_fraction
     if forced_val is not None and forced_val[0] == shard:
         is_val[forced_val[1]] = True
     span = index["length"].to_numpy().astype(np.int64) + DOC_FRAME  # BOS and EOS included
-    whole = np.array([factors.get(s, 0.0) for s in index["source"].to_list()])
+    if factors is None:
+        whole = np.ones(index.num_rows)
+    else:
+        whole = np.array([factors.get(s, 0.0) for s in index["source"].to_pylist()])
     extra = index["mix_hash"].to_numpy() < whole - np.floor(whole)
     copies = np.where(is_val, 0, np.floor(whole).astype(np.int64) + extra)
+    id_source = index.select(["id", "source"])
 
     def emit(split: str, selected: np.ndarray, copy: int) -> None:
         if not selected.any():
@@ -332,13 +344,14 @@ def _assemble_shard(
         writer = writers[split]
         lengths = span[selected]
         offsets = writer.tokens + np.cumsum(lengths) - lengths + 1  # the first text token, after BOS
-        writer.write(tokens if selected.all() else tokens[np.repeat(selected, span)])
-        chosen = index.filter(pl.Series(selected))
+        whole_shard = bool(selected.all())
+        writer.write(tokens if whole_shard else tokens[np.repeat(selected, span)])
+        chosen = id_source if whole_shard else id_source.filter(pa.array(selected))
         index_writer.write_table(
             pa.table(
                 {
-                    "id": chosen["id"].to_arrow(),
-                    "source": chosen["source"].to_arrow(),
+                    "id": chosen["id"],
+                    "source": chosen["source"],
                     "split": pa.array([split] * len(lengths), pa.string()),
                     "offset": pa.array(offsets, pa.int64()),
                     "length": pa.array(lengths - DOC_FRAME, pa.int32()),
@@ -351,6 +364,52 @@ def _assemble_shard(
     emit("val", is_val, 0)
     for copy in range(int(copies.max(initial=0))):
         emit("train", copies > copy, copy)
+
+
+class _Assembly:
+    """train.bin, val.bin and the index, written shard after shard in shard order.
+
+    Without mixing, and when a hash puts some document in val (every corpus but the
+    smallest), nothing about a shard's place in the output depends on the shards after it, so
+    `stream` writes each shard as soon as it and those before it are encoded: the copying
+    overlaps with the encoding instead of following it. Otherwise, or when the "at least one
+    val document" rule has to move a document, the output is `restart`ed and written at the end.
+    """
+
+    def __init__(self, shard_dir: Path, dtype: np.dtype, val_fraction: float,
+                 writers: dict[str, _HashingWriter], index_path: Path):
+        self.shard_dir, self.dtype, self.val_fraction = shard_dir, dtype, val_fraction
+        self.writers, self.index_path = writers, index_path
+        self.index_writer = pq.ParquetWriter(index_path, INDEX_SCHEMA, compression="zstd")
+        self.streamed = 0  # shards 0 .. streamed - 1 are written
+        self.finished: set[int] = set()
+
+    def add(self, shard: int, forced_val: tuple[int, int] | None = None,
+            factors: dict[str, float] | None = None) -> None:
+        _assemble_shard(shard, self.shard_dir, self.dtype, forced_val, self.val_fraction, factors,
+                        self.writers, self.index_writer)
+
+    def stream(self, shard: int, _summary: ShardSummary) -> None:
+        """run_tasks' on_result: write every encoded shard whose predecessors are written."""
+        self.finished.add(shard)
+        while self.streamed in self.finished:
+            self.add(self.streamed)
+            self.streamed += 1
+
+    def restart(self) -> None:
+        for writer in self.writers.values():
+            writer.restart()
+        self.index_writer.close()
+        self.index_writer = pq.ParquetWriter(self.index_path, INDEX_SCHEMA, compression="zstd")
+        self.streamed = 0
+
+    def close(self) -> None:
+        self.index_writer.close()
+
+
+def read_shard_index(path: Path) -> pa.Table:
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
 
 
 def run_pack(
@@ -387,35 +446,37 @@ def run_pack(
         PackTask(i, p, shard_dir, model.resolve(), dtype.name, config.val_fraction, config.seed, tokenizer_sha)
         for i, p in enumerate(parts)
     ]
-    summaries: list[ShardSummary] = run_tasks(
-        pack_shard, tasks, workers=workers, description=STAGE,
-        total_docs=input_manifest.get("rows_out"), console=console,
-    )
-
-    per_source = _merge_sources(summaries)
-    docs = sum(s.docs for s in summaries)
-    if docs == 0:
-        raise StageError(f"{input_dir}: no documents to pack")
-    forced_val = None
-    if sum(v["val_docs"] for v in per_source.values()) == 0:
-        first = min(summaries, key=lambda s: (s.min_val_hash, s.index))
-        forced_val = (first.index, first.min_val_row)
-        _move_forced_to_val(per_source, shard_dir, first.index, first.min_val_row)
-    train_tokens = {s: v["train_tokens"] for s, v in per_source.items()}
-    if sum(train_tokens.values()) == 0:
-        raise StageError(
-            f"the train split is empty ({docs} document(s), all in val): lower --val-fraction "
-            f"(now {config.val_fraction}) or pack more documents"
-        )
-    factors = repeat_factors(train_tokens, config.mix)
-
+    streaming = not config.mix  # see _Assembly
     with _open_outputs(output_dir) as writers, atomic_path(output_dir / INDEX_NAME) as index_tmp:
-        index_writer = pq.ParquetWriter(index_tmp, INDEX_SCHEMA, compression="zstd")
+        assembly = _Assembly(shard_dir, dtype, config.val_fraction, writers, index_tmp)
         try:
-            for s in summaries:
-                _assemble_shard(s.index, shard_dir, dtype, forced_val, config.val_fraction, factors, writers, index_writer)
+            summaries: list[ShardSummary] = run_tasks(
+                pack_shard, tasks, workers=workers, description=STAGE,
+                total_docs=input_manifest.get("rows_out"), console=console,
+                on_result=assembly.stream if streaming else None,
+            )
+            per_source = _merge_sources(summaries)
+            docs = sum(s.docs for s in summaries)
+            if docs == 0:
+                raise StageError(f"{input_dir}: no documents to pack")
+            forced_val = None
+            if sum(v["val_docs"] for v in per_source.values()) == 0:
+                first = min(summaries, key=lambda s: (s.min_val_hash, s.index))
+                forced_val = (first.index, first.min_val_row)
+                _move_forced_to_val(per_source, shard_dir, first.index, first.min_val_row)
+            train_tokens = {s: v["train_tokens"] for s, v in per_source.items()}
+            if sum(train_tokens.values()) == 0:
+                raise StageError(
+                    f"the train split is empty ({docs} document(s), all in val): lower --val-fraction "
+                    f"(now {config.val_fraction}) or pack more documents"
+                )
+            factors = repeat_factors(train_tokens, config.mix)
+            if not streaming or forced_val is not None:
+                assembly.restart()
+                for s in summaries:
+                    assembly.add(s.index, forced_val, factors)
         finally:
-            index_writer.close()
+            assembly.close()
         checksums = {f"{split}.bin": w.sha.hexdigest() for split, w in writers.items()}
         split_tokens = {split: w.tokens for split, w in writers.items()}
     shutil.rmtree(shard_dir)
@@ -479,7 +540,7 @@ def _merge_sources(summaries: list[ShardSummary]) -> dict[str, dict[str, int]]:
 
 
 def _move_forced_to_val(per_source: dict[str, dict[str, int]], shard_dir: Path, shard: int, row: int) -> None:
-    doc = pl.read_ipc(shard_paths(shard_dir, shard)[1]).row(row, named=True)
+    doc = read_shard_index(shard_paths(shard_dir, shard)[1]).slice(row, 1).to_pylist()[0]
     entry = per_source[doc["source"]]
     entry["train_docs"] -= 1
     entry["train_tokens"] -= doc["length"] + DOC_FRAME

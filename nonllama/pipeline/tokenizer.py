@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 from rich.console import Console
 
@@ -116,11 +118,11 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
 
 
-def doc_unit_hash(ids: Sequence[str | None], seed: int) -> np.ndarray:
+def doc_unit_hash(ids: Sequence[str | None] | pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
     """A number in [0, 1) per document id, stable across runs, machines and library versions."""
-    digests = np.fromiter(
-        (xxhash.xxh64_intdigest((i or "").encode(), seed) for i in ids), dtype=np.uint64, count=len(ids)
-    )
+    keys = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array | pa.ChunkedArray) else ids
+    utf8 = pc.fill_null(keys.cast(pa.string()), "").cast(pa.binary()).to_pylist()
+    digests = np.fromiter((xxhash.xxh64_intdigest(k, seed) for k in utf8), dtype=np.uint64, count=len(utf8))
     return (digests >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
@@ -337,25 +339,29 @@ def write_vocab(processor: Any, path: Path) -> None:
             f.write(f"{piece}\t{processor.get_score(i):g}\n")
 
 
-def encode_texts(processor: Any, texts: list[str], num_threads: int = 1, add_bos: bool = False,
-                 add_eos: bool = False) -> list[list[int]]:
+def encode_texts(processor: Any, texts: Sequence[str] | Sequence[bytes], num_threads: int = 1,
+                 add_bos: bool = False, add_eos: bool = False, as_arrays: bool = False) -> list[Any]:
     """`processor.encode`, made lossless for the one character SentencePiece cannot keep.
 
+    `texts` are str, or their UTF-8 bytes (what pack hands over, straight from Arrow). The ids
+    of each text come back as a list of ints, or with `as_arrays` as an int32 numpy array.
     SentencePiece writes spaces as U+2581 (▁) and decodes every ▁ back to a space, so a literal
     ▁ in the text would come back as ' '. Documents containing one (rare: block drawings) are
     encoded around it, with the ▁ itself as its three byte pieces, which decode to ▁.
     `add_bos` / `add_eos` start / end every document's ids with the model's BOS / EOS id.
     """
-    ids = processor.encode(texts, num_threads=num_threads, add_bos=add_bos, add_eos=add_eos)
+    ids = processor.encode(texts, num_threads=num_threads, add_bos=add_bos, add_eos=add_eos,
+                           out_type="numpy" if as_arrays else int)
+    mark = SPACE_MARK if not texts or isinstance(texts[0], str) else SPACE_MARK.encode()
+    if mark not in mark[:0].join(texts):  # one search over the batch: the ▁ is rare
+        return ids
     for i, text in enumerate(texts):
-        if SPACE_MARK in text:
+        if mark in text:
             marker = [processor.piece_to_id(f"<0x{b:02X}>") for b in SPACE_MARK.encode()]
-            pieces = processor.encode(text.split(SPACE_MARK))
-            ids[i] = [t for piece in pieces[:-1] for t in (*piece, *marker)] + pieces[-1]
-            if add_bos:
-                ids[i].insert(0, processor.bos_id())
-            if add_eos:
-                ids[i].append(processor.eos_id())
+            pieces = processor.encode(text.split(mark))
+            exact = [t for piece in pieces[:-1] for t in (*piece, *marker)] + pieces[-1]
+            exact = [processor.bos_id()] * add_bos + exact + [processor.eos_id()] * add_eos
+            ids[i] = np.array(exact, np.int32) if as_arrays else exact
     return ids
 
 
