@@ -446,40 +446,27 @@ def run_pack(
         PackTask(i, p, shard_dir, model.resolve(), dtype.name, config.val_fraction, config.seed, tokenizer_sha)
         for i, p in enumerate(parts)
     ]
-    streaming = not config.mix  # see _Assembly
-    with _open_outputs(output_dir) as writers, atomic_path(output_dir / INDEX_NAME) as index_tmp:
-        assembly = _Assembly(shard_dir, dtype, config.val_fraction, writers, index_tmp)
-        try:
-            summaries: list[ShardSummary] = run_tasks(
-                pack_shard, tasks, workers=workers, description=STAGE,
-                total_docs=input_manifest.get("rows_out"), console=console,
-                on_result=assembly.stream if streaming else None,
-            )
-            per_source = _merge_sources(summaries)
-            docs = sum(s.docs for s in summaries)
-            if docs == 0:
-                raise StageError(f"{input_dir}: no documents to pack")
-            forced_val = None
-            if sum(v["val_docs"] for v in per_source.values()) == 0:
-                first = min(summaries, key=lambda s: (s.min_val_hash, s.index))
-                forced_val = (first.index, first.min_val_row)
-                _move_forced_to_val(per_source, shard_dir, first.index, first.min_val_row)
-            train_tokens = {s: v["train_tokens"] for s, v in per_source.items()}
-            if sum(train_tokens.values()) == 0:
-                raise StageError(
-                    f"the train split is empty ({docs} document(s), all in val): lower --val-fraction "
-                    f"(now {config.val_fraction}) or pack more documents"
+    try:
+        streaming = not config.mix  # see _Assembly
+        with _open_outputs(output_dir) as writers, atomic_path(output_dir / INDEX_NAME) as index_tmp:
+            assembly = _Assembly(shard_dir, dtype, config.val_fraction, writers, index_tmp)
+            try:
+                summaries: list[ShardSummary] = run_tasks(
+                    pack_shard, tasks, workers=workers, description=STAGE,
+                    total_docs=input_manifest.get("rows_out"), console=console,
+                    on_result=assembly.stream if streaming else None,
                 )
-            factors = repeat_factors(train_tokens, config.mix)
-            if not streaming or forced_val is not None:
-                assembly.restart()
-                for s in summaries:
-                    assembly.add(s.index, forced_val, factors)
-        finally:
-            assembly.close()
-        checksums = {f"{split}.bin": w.sha.hexdigest() for split, w in writers.items()}
-        split_tokens = {split: w.tokens for split, w in writers.items()}
-    shutil.rmtree(shard_dir)
+                per_source, docs, forced_val, factors = _plan_splits(summaries, shard_dir, config, input_dir)
+                if not streaming or forced_val is not None:
+                    assembly.restart()
+                    for s in summaries:
+                        assembly.add(s.index, forced_val, factors)
+            finally:
+                assembly.close()
+            checksums = {f"{split}.bin": w.sha.hexdigest() for split, w in writers.items()}
+            split_tokens = {split: w.tokens for split, w in writers.items()}
+    finally:  # the shards are temporary: an interrupted run leaves none behind
+        shutil.rmtree(shard_dir, ignore_errors=True)
     if split_tokens["train"] == 0:
         raise StageError("the train split is empty after mixing: give a source a weight > 0 in --mix")
 
@@ -527,6 +514,29 @@ def run_pack(
     }
     atomic_write_json(output_dir / MANIFEST_NAME, manifest)
     return StageRun(manifest, False, output_dir)
+
+
+def _plan_splits(
+    summaries: list[ShardSummary], shard_dir: Path, config: PackConfig, input_dir: Path
+) -> tuple[dict[str, dict[str, int]], int, tuple[int, int] | None, dict[str, float]]:
+    """Counts per source, documents, the document forced into val (when no hash put one
+    there) and each source's repeat factor, from the shards' summaries."""
+    per_source = _merge_sources(summaries)
+    docs = sum(s.docs for s in summaries)
+    if docs == 0:
+        raise StageError(f"{input_dir}: no documents to pack")
+    forced_val = None
+    if sum(v["val_docs"] for v in per_source.values()) == 0:
+        first = min(summaries, key=lambda s: (s.min_val_hash, s.index))
+        forced_val = (first.index, first.min_val_row)
+        _move_forced_to_val(per_source, shard_dir, first.index, first.min_val_row)
+    train_tokens = {s: v["train_tokens"] for s, v in per_source.items()}
+    if sum(train_tokens.values()) == 0:
+        raise StageError(
+            f"the train split is empty ({docs} document(s), all in val): lower --val-fraction "
+            f"(now {config.val_fraction}) or pack more documents"
+        )
+    return per_source, docs, forced_val, repeat_factors(train_tokens, config.mix)
 
 
 def _merge_sources(summaries: list[ShardSummary]) -> dict[str, dict[str, int]]:
