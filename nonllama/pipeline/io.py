@@ -541,10 +541,12 @@ def run_tasks(
 
     Results come back in task order whatever order the workers finish in, so outputs
     are deterministic. `on_result(i, result)`, when given, is called in this process as each
-    task's result arrives, in the order they finish. This process is one of the workers: it starts ``workers - 1`` helper
-    processes and takes tasks itself while they start up (a spawned interpreter importing the
-    stage takes about a second), so no core waits. Tasks go to whoever is free, one at a time.
-    An error in any task stops the others and is raised here.
+    task's result arrives, in the order they finish.
+
+    This process is one of the workers: it starts ``workers - 1`` helper processes and takes
+    tasks itself while they start up (a spawned interpreter importing the stage: ~0.7 s), so no
+    core waits. Tasks go to whoever is free, one at a time. An error in any task stops the
+    others and is raised here.
     """
     results: list[Any] = [None] * len(tasks)
     with make_progress(console) as progress:

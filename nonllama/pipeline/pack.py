@@ -308,64 +308,6 @@ def repeat_factors(train_tokens: dict[str, int], mix: dict[str, float]) -> dict[
     return factors
 
 
-def _assemble_shard(
-    shard: int,
-    shard_dir: Path,
-    dtype: np.dtype,
-    forced_val: tuple[int, int] | None,
-    val_fraction: float,
-    factors: dict[str, float] | None,
-    writers: dict[str, _HashingWriter],
-    index_writer: pq.ParquetWriter,
-) -> None:
-    """Copy one shard's documents into train.bin / val.bin (repeats included) and the index.
-
-    `factors`: each source's repeat factor; None: every document once (no mixing)."""
-    tokens_path, index_path = shard_paths(shard_dir, shard)
-    index = read_shard_index(index_path)
-    if index.num_rows == 0:
-        return
-    tokens = np.fromfile(tokens_path, dtype=dtype)
-    is_val = index["val_hash"].to_numpy() < val_fraction
-    if forced_val is not None and forced_val[0] == shard:
-        is_val[forced_val[1]] = True
-    span = index["length"].to_numpy().astype(np.int64) + DOC_FRAME  # BOS and EOS included
-    if factors is None:
-        whole = np.ones(index.num_rows)
-    else:
-        whole = np.array([factors.get(s, 0.0) for s in index["source"].to_pylist()])
-    extra = index["mix_hash"].to_numpy() < whole - np.floor(whole)
-    copies = np.where(is_val, 0, np.floor(whole).astype(np.int64) + extra)
-    id_source = index.select(["id", "source"])
-
-    def emit(split: str, selected: np.ndarray, copy: int) -> None:
-        if not selected.any():
-            return
-        writer = writers[split]
-        lengths = span[selected]
-        offsets = writer.tokens + np.cumsum(lengths) - lengths + 1  # the first text token, after BOS
-        whole_shard = bool(selected.all())
-        writer.write(tokens if whole_shard else tokens[np.repeat(selected, span)])
-        chosen = id_source if whole_shard else id_source.filter(pa.array(selected))
-        index_writer.write_table(
-            pa.table(
-                {
-                    "id": chosen["id"],
-                    "source": chosen["source"],
-                    "split": pa.array([split] * len(lengths), pa.string()),
-                    "offset": pa.array(offsets, pa.int64()),
-                    "length": pa.array(lengths - DOC_FRAME, pa.int32()),
-                    "copy": pa.array(np.full(len(lengths), copy), pa.int32()),
-                },
-                schema=INDEX_SCHEMA,
-            )
-        )
-
-    emit("val", is_val, 0)
-    for copy in range(int(copies.max(initial=0))):
-        emit("train", copies > copy, copy)
-
-
 class _Assembly:
     """train.bin, val.bin and the index, written shard after shard in shard order.
 
@@ -380,14 +322,61 @@ class _Assembly:
                  writers: dict[str, _HashingWriter], index_path: Path):
         self.shard_dir, self.dtype, self.val_fraction = shard_dir, dtype, val_fraction
         self.writers, self.index_path = writers, index_path
-        self.index_writer = pq.ParquetWriter(index_path, INDEX_SCHEMA, compression="zstd")
+        self.index_writer = self._open_index()
         self.streamed = 0  # shards 0 .. streamed - 1 are written
         self.finished: set[int] = set()
 
+    def _open_index(self) -> pq.ParquetWriter:
+        return pq.ParquetWriter(self.index_path, INDEX_SCHEMA, compression="zstd")
+
     def add(self, shard: int, forced_val: tuple[int, int] | None = None,
             factors: dict[str, float] | None = None) -> None:
-        _assemble_shard(shard, self.shard_dir, self.dtype, forced_val, self.val_fraction, factors,
-                        self.writers, self.index_writer)
+        """Copy one shard's documents into train.bin / val.bin (repeats included) and the index.
+
+        `factors`: each source's repeat factor; None: every document once (no mixing)."""
+        tokens_path, index_path = shard_paths(self.shard_dir, shard)
+        index = read_shard_index(index_path)
+        if index.num_rows == 0:
+            return
+        tokens = np.fromfile(tokens_path, dtype=self.dtype)
+        is_val = index["val_hash"].to_numpy() < self.val_fraction
+        if forced_val is not None and forced_val[0] == shard:
+            is_val[forced_val[1]] = True
+        span = index["length"].to_numpy().astype(np.int64) + DOC_FRAME  # BOS and EOS included
+        if factors is None:
+            whole = np.ones(index.num_rows)
+        else:
+            whole = np.array([factors.get(s, 0.0) for s in index["source"].to_pylist()])
+        extra = index["mix_hash"].to_numpy() < whole - np.floor(whole)
+        copies = np.where(is_val, 0, np.floor(whole).astype(np.int64) + extra)
+        id_source = index.select(["id", "source"])
+
+        def emit(split: str, selected: np.ndarray, copy: int) -> None:
+            if not selected.any():
+                return
+            writer = self.writers[split]
+            lengths = span[selected]
+            offsets = writer.tokens + np.cumsum(lengths) - lengths + 1  # the first text token, after BOS
+            whole_shard = bool(selected.all())
+            writer.write(tokens if whole_shard else tokens[np.repeat(selected, span)])
+            chosen = id_source if whole_shard else id_source.filter(pa.array(selected))
+            self.index_writer.write_table(
+                pa.table(
+                    {
+                        "id": chosen["id"],
+                        "source": chosen["source"],
+                        "split": pa.array([split] * len(lengths), pa.string()),
+                        "offset": pa.array(offsets, pa.int64()),
+                        "length": pa.array(lengths - DOC_FRAME, pa.int32()),
+                        "copy": pa.array(np.full(len(lengths), copy), pa.int32()),
+                    },
+                    schema=INDEX_SCHEMA,
+                )
+            )
+
+        emit("val", is_val, 0)
+        for copy in range(int(copies.max(initial=0))):
+            emit("train", copies > copy, copy)
 
     def stream(self, shard: int, _summary: ShardSummary) -> None:
         """run_tasks' on_result: write every encoded shard whose predecessors are written."""
@@ -400,7 +389,7 @@ class _Assembly:
         for writer in self.writers.values():
             writer.restart()
         self.index_writer.close()
-        self.index_writer = pq.ParquetWriter(self.index_path, INDEX_SCHEMA, compression="zstd")
+        self.index_writer = self._open_index()
         self.streamed = 0
 
     def close(self) -> None:
@@ -446,8 +435,8 @@ def run_pack(
         PackTask(i, p, shard_dir, model.resolve(), dtype.name, config.val_fraction, config.seed, tokenizer_sha)
         for i, p in enumerate(parts)
     ]
+    streaming = not config.mix  # see _Assembly
     try:
-        streaming = not config.mix  # see _Assembly
         with _open_outputs(output_dir) as writers, atomic_path(output_dir / INDEX_NAME) as index_tmp:
             assembly = _Assembly(shard_dir, dtype, config.val_fraction, writers, index_tmp)
             try:
