@@ -203,6 +203,14 @@ def drops_section(workdir: Path) -> Section:
     return section
 
 
+def _manifest_or_say(section: Section, directory: Path, stage: str) -> dict | None:
+    """The stage's manifest, or None with a line in the section saying the stage has not run."""
+    m = read_manifest(directory)
+    if m is None:
+        section.add(Text(f"{stage} has not run."))
+    return m
+
+
 def filter_section(workdir: Path) -> Section:
     """One histogram per filter rule value, its thresholds marked (the filter stage's own drawing)."""
     import tempfile
@@ -211,9 +219,7 @@ def filter_section(workdir: Path) -> Section:
 
     section = Section("Filter rule values")
     filtered = workdir / "filtered"
-    m = read_manifest(filtered)
-    if m is None:
-        section.add(Text("filter has not run."))
+    if (m := _manifest_or_say(section, filtered, "filter")) is None:
         return section
     section.add(Text("Every rule's value over kept and rejected documents; dashed lines: thresholds."))
     with tempfile.TemporaryDirectory(prefix="nonllama-report-") as tmp:
@@ -226,9 +232,7 @@ def clusters_section(workdir: Path, top: int = 5, shown: int = 3) -> Section:
     """The largest groups of duplicates: the document kept and a few it replaced."""
     section = Section("Largest duplicate clusters")
     deduped = workdir / "deduped"
-    m = read_manifest(deduped)
-    if m is None:
-        section.add(Text("dedup has not run."))
+    if (m := _manifest_or_say(section, deduped, "dedup")) is None:
         return section
     stats = m.get("dedup", {})
     section.add(Table(["exact duplicates", "near duplicates", "clusters", "largest cluster", "paragraphs cut"],
