@@ -8,6 +8,9 @@ import datetime as dt
 import gzip
 import io
 import json
+import lzma
+import math
+import os
 import random
 import re
 from pathlib import Path
@@ -51,6 +54,65 @@ def test_supported_suffixes_include_every_documented_format():
         assert suffix in SUPPORTED_SUFFIXES
     for suffix in (".txt", ".txt.gz", ".xml.bz2"):
         assert suffix in SUPPORTED_SUFFIXES
+
+
+COMPRESSORS = {
+    "": lambda data: data,
+    ".gz": gzip.compress,
+    ".zst": zstandard.ZstdCompressor().compress,
+    ".zstd": zstandard.ZstdCompressor().compress,
+    ".bz2": bz2.compress,
+    ".xz": lzma.compress,
+}
+
+
+def test_every_text_format_takes_every_compression():
+    for base in (".jsonl", ".json", ".csv", ".txt", ".xml"):
+        for compression in COMPRESSORS:
+            assert base + compression in SUPPORTED_SUFFIXES
+    for suffix in (".parquet", ".warc", ".warc.gz"):
+        assert suffix in SUPPORTED_SUFFIXES
+    for suffix in (".parquet.gz", ".warc.zst", ".gz", ".tar.gz", ".md.xz"):
+        assert suffix not in SUPPORTED_SUFFIXES
+        assert readers._format_of("x" + suffix) is None
+    assert readers._format_of("A.JSONL.XZ") == ("jsonl", "xz")
+    assert readers._format_of("wiki-1.xml-p1p99.bz2") == ("wiki", "bz2")
+
+
+@pytest.mark.parametrize("compression", sorted(COMPRESSORS))
+@pytest.mark.parametrize("base", [".jsonl", ".json", ".csv", ".txt", ".xml"])
+def test_every_format_reads_the_same_under_every_compression(tmp_path, base, compression):
+    texts = [f"document {i}, number {i}" for i in range(30)]
+    if base == ".jsonl":
+        payload = jsonl_bytes(*({"text": t} for t in texts))
+    elif base == ".json":
+        payload = json.dumps([{"text": t} for t in texts]).encode()
+    elif base == ".csv":
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([["text"]] + [[t] for t in texts])
+        payload = buffer.getvalue().encode()
+    elif base == ".txt":
+        payload = "\n\n".join(texts).encode()
+    else:
+        pages = [wiki_page(f"T{i}", 0, i, t) for i, t in enumerate(texts)]
+        write_wiki_dump(tmp_path / "w.xml.bz2", pages)
+        payload = bz2.decompress((tmp_path / "w.xml.bz2").read_bytes())
+    path = tmp_path / f"docs{base}{compression}"
+    path.write_bytes(COMPRESSORS[compression](payload))
+    good, bad = read(path, split_on="blank-line")
+    assert bad == []
+    assert [(r.text, r.position) for r in good] == [(t, i) for i, t in enumerate(texts)]
+    assert expand_local(str(path)) == [(path, path.name)]
+
+
+def test_an_xml_file_that_is_no_mediawiki_dump_is_a_bad_record(tmp_path):
+    path = tmp_path / "sitemap.xml"
+    path.write_text('<?xml version="1.0"?><urlset><url><loc>https://x</loc></url></urlset>')
+    good, bad = read(path)
+    assert good == []
+    assert [b.reason for b in bad] == [
+        "unreadable file: not a MediaWiki XML dump (the root element is <urlset>)"
+    ]
 
 
 def test_unsupported_suffix_is_a_source_error(tmp_path):
@@ -248,6 +310,63 @@ def test_parquet_missing_column_names_the_columns(tmp_path):
         read(path)
     good, _ = read(path, text_field="content")
     assert [(r.text, r.meta) for r in good] == [("x", {"url": "u"})]
+
+
+# --------------------------------------------------------------------------- JSON-valid meta
+
+
+def test_non_finite_numbers_in_jsonl_meta_become_null(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(
+        '{"text": "a", "score": NaN, "hi": Infinity, "lo": -Infinity, "big": 1e999, "ok": 1.5,'
+        ' "nested": {"xs": [1, NaN, {"y": -1e400}]}, "id": 7}\n'
+        '{"text": NaN, "score": 1}\n'
+        '{"text": "b", "note": "NaN and Infinity in a string stay"}\n'
+    )
+    good, bad = read(path)
+    assert good[0].meta == {
+        "score": None,
+        "hi": None,
+        "lo": None,
+        "big": None,
+        "ok": 1.5,
+        "nested": {"xs": [1, None, {"y": None}]},
+        "source_id": 7,
+    }
+    assert good[1].meta == {"note": "NaN and Infinity in a string stay"}
+    for record in good:
+        json.dumps(record.meta, allow_nan=False)
+    # the text field itself being NaN is still a bad record that says so
+    assert [(b.line, b.reason) for b in bad] == [(2, "field 'text' is float, expected string")]
+
+
+def test_non_finite_numbers_in_json_array_meta_become_null(tmp_path):
+    path = tmp_path / "docs.json"
+    path.write_text('[{"text": "a", "w": [NaN, 2.0]}, {"text": "b", "w": -Infinity}]')
+    good, bad = read(path)
+    assert bad == [] and [r.meta for r in good] == [{"w": [None, 2.0]}, {"w": None}]
+    json.dumps([r.meta for r in good], allow_nan=False)
+
+
+def test_non_finite_floats_in_parquet_meta_become_null(tmp_path):
+    path = tmp_path / "part.parquet"
+    table = pa.table(
+        {
+            "text": ["a", "b", "c"],
+            "score": [math.nan, math.inf, 0.5],
+            "scores": [[1.0, -math.inf], [], None],
+            "f32": pa.array([math.nan, 1.0, -math.inf], type=pa.float32()),
+        }
+    )
+    pq.write_table(table, path)
+    good, bad = read(path)
+    assert bad == []
+    assert [r.meta for r in good] == [
+        {"score": None, "scores": [1.0, None], "f32": None},
+        {"score": None, "scores": [], "f32": 1.0},
+        {"score": 0.5, "scores": None, "f32": None},
+    ]
+    json.dumps([r.meta for r in good], allow_nan=False)
 
 
 # --------------------------------------------------------------------------- CSV
@@ -598,6 +717,140 @@ def test_expand_single_file_missing_and_unsupported(tmp_path):
     (only_docs / "notes.md").write_text("x")
     with pytest.raises(SourceError, match=r"docs: no files with a supported suffix"):
         expand_local(str(only_docs))
+
+
+@pytest.mark.parametrize("spec", ["", "   ", "\t\n"])
+def test_expand_empty_source_is_refused(tmp_path, monkeypatch, spec):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here.jsonl").write_text('{"text": "x"}\n')  # today's directory is not read
+    with pytest.raises(SourceError, match="empty SOURCE"):
+        expand_local(spec)
+
+
+def symlinked_tree(root: Path) -> Path:
+    """data/ with a real file, a link to it, a link loop, a dangling link, a folder link
+    elsewhere and a folder link back up (a loop for anything that follows folder links)."""
+    data = root / "data"
+    (data / "a").mkdir(parents=True)
+    (data / "a" / "x.jsonl").write_text('{"text": "x"}\n')
+    (data / "b").mkdir()
+    (data / "b" / "x.jsonl").symlink_to(Path("..", "a", "x.jsonl"))
+    (data / "loop.jsonl").symlink_to("loop.jsonl")  # points to itself: ELOOP
+    (data / "ping.jsonl").symlink_to("pong.jsonl")
+    (data / "pong.jsonl").symlink_to("ping.jsonl")
+    (data / "gone.jsonl").symlink_to("nowhere.jsonl")
+    (data / "a" / "up").symlink_to("..")  # a folder loop
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "e.jsonl").write_text('{"text": "e"}\n')
+    (data / "outside").symlink_to(elsewhere)
+    (elsewhere / "single.jsonl").symlink_to(data / "a" / "x.jsonl")
+    return data
+
+
+def test_expand_directory_skips_loops_links_and_duplicates_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    symlinked_tree(tmp_path)
+    skipped: list[str] = []
+    found = expand_local("data", skipped=skipped)
+    assert found == [(Path("data/a/x.jsonl"), "a/x.jsonl")]
+    assert skipped == [  # folders as the walk meets them, then files by key
+        "data/outside: directory symlink (not followed)",
+        "data/a/up: symlink loop",
+        "data/b/x.jsonl: same file as data/a/x.jsonl",
+        "data/gone.jsonl: dangling symlink",
+        "data/loop.jsonl: symlink loop",
+        "data/ping.jsonl: symlink loop",
+        "data/pong.jsonl: symlink loop",
+    ]
+    # without `skipped` the same files, and no error
+    assert expand_local("data") == found
+    # a file symlink to a regular file elsewhere is read (once)
+    assert expand_local("elsewhere") == [
+        (Path("elsewhere/e.jsonl"), "e.jsonl"),
+        (Path("elsewhere/single.jsonl"), "single.jsonl"),
+    ]
+
+
+def test_expand_recursive_glob_does_not_follow_a_folder_loop(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = symlinked_tree(tmp_path)
+    (data / "b" / "down").symlink_to("..")  # two loops: glob.glob would take ~2**40 paths
+    skipped: list[str] = []
+    found = expand_local("data/**/*.jsonl", skipped=skipped)
+    assert found == [(Path("data/a/x.jsonl"), "a/x.jsonl")]
+    assert "data/a/up: symlink loop" in skipped and "data/b/down: symlink loop" in skipped
+    assert "data/b/x.jsonl: same file as data/a/x.jsonl" in skipped
+    # a wildcard over folder names still follows a link that is no loop, once
+    skipped = []
+    found = expand_local("data/*/e.jsonl", skipped=skipped)
+    assert found == [(Path("data/outside/e.jsonl"), "outside/e.jsonl")]
+    assert skipped == []
+    skipped = []
+    found = expand_local("data/*/x.jsonl", skipped=skipped)
+    assert found == [(Path("data/a/x.jsonl"), "a/x.jsonl")]
+    assert skipped == ["data/b/x.jsonl: same file as data/a/x.jsonl"]
+
+
+def test_expand_same_file_by_two_names_keeps_the_first_key(tmp_path):
+    data = tmp_path / "data"
+    (data / "z").mkdir(parents=True)
+    (data / "z" / "real.jsonl").write_text('{"text": "x"}\n')
+    os.link(data / "z" / "real.jsonl", data / "hard.jsonl")  # a hard link is the same file too
+    (data / "y.jsonl").symlink_to(Path("z", "real.jsonl"))
+    for spec in (str(data), str(data / "**" / "*.jsonl")):
+        skipped: list[str] = []
+        assert expand_local(spec, skipped=skipped) == [(data / "hard.jsonl", "hard.jsonl")]
+        assert skipped == [
+            f"{data / 'y.jsonl'}: same file as {data / 'hard.jsonl'}",
+            f"{data / 'z' / 'real.jsonl'}: same file as {data / 'hard.jsonl'}",
+        ]
+
+
+def test_expand_only_broken_links_and_broken_link_specs(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gone.jsonl").symlink_to("nowhere.jsonl")
+    skipped: list[str] = []
+    message = r"no files with a supported suffix.*\(1 skipped: .*gone\.jsonl: dangling symlink\)"
+    with pytest.raises(SourceError, match=message):
+        expand_local(str(data), skipped=skipped)
+    assert skipped == [f"{data / 'gone.jsonl'}: dangling symlink"]
+    with pytest.raises(SourceError, match=r"matches no files \(1 skipped"):
+        expand_local(str(data / "*.jsonl"))
+    with pytest.raises(SourceError, match=r"gone\.jsonl: dangling symlink$"):
+        expand_local(str(data / "gone.jsonl"))
+    (data / "self.jsonl").symlink_to("self.jsonl")
+    with pytest.raises(SourceError, match=r"self\.jsonl: symlink loop$"):
+        expand_local(str(data / "self.jsonl"))
+
+
+def test_expand_skips_a_fifo_instead_of_blocking_on_it(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"text": "x"}\n')
+    os.mkfifo(data / "pipe.jsonl")  # opening it to read would wait for a writer for ever
+    for spec in (str(data), str(data / "*.jsonl")):
+        skipped: list[str] = []
+        assert expand_local(spec, skipped=skipped) == [(data / "a.jsonl", "a.jsonl")]
+        assert skipped == [f"{data / 'pipe.jsonl'}: not a regular file"]
+
+
+def test_expand_glob_keeps_globs_rules(tmp_path, monkeypatch):
+    # what glob.glob matched before: hidden names only for a dotted pattern, `**` for zero
+    # or more folders, character classes, keys relative to the fixed leading folder
+    make_tree(tmp_path / "data")
+    (tmp_path / "data" / "a" / ".h.jsonl").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    keys = lambda spec: [key for _, key in expand_local(spec)]  # noqa: E731
+    assert keys("data/**/*.jsonl") == ["a/x.jsonl", "b.jsonl"]
+    assert keys("data/**/x.jsonl") == ["a/x.jsonl"]
+    assert keys("data/[ab]/*") == ["a/x.jsonl", "a/y.txt.gz"]
+    assert keys("data/a/.*.jsonl") == [".h.jsonl"]
+    assert keys("data/c/**") == ["deep/z.parquet"]
+    assert keys("*/?.jsonl") == ["data/b.jsonl"]
+    with pytest.raises(SourceError, match=r"README\.md.*unsupported suffix"):
+        expand_local("data/**")
 
 
 # --------------------------------------------------------------------------- real corpora
