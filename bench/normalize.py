@@ -23,7 +23,7 @@ import polars as pl
 os.environ.setdefault("NONLLAMA_NO_PROGRESS", "1")
 
 from nonllama.pipeline.download import DownloadConfig, run_download  # noqa: E402
-from nonllama.pipeline.io import run_shard_stage  # noqa: E402
+from nonllama.pipeline.driver import run_shard_stage  # noqa: E402
 from nonllama.pipeline.normalize import NormalizeConfig, run_normalize  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
@@ -68,7 +68,7 @@ def bench_normalize(work: Path, repeat: int, copies: int) -> None:
 
     cfg = NormalizeConfig()
     t_identity = best(lambda: run_shard_stage(
-        stage="identity", previous="download", input_dir=raw, output_dir=work / "identity",
+        stage="identity", input_dir=raw, output_dir=work / "identity",
         side_dir_name="removed", config={}, transform=identity, force=True))
     t_norm1 = best(lambda: run_normalize(raw, work / "norm1", cfg, workers=1, force=True))
     t_norm2 = best(lambda: run_normalize(raw, work / "norm2", cfg, workers=2, force=True))

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nonllama import __version__
@@ -29,20 +33,58 @@ console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def friendly_errors(fn: F) -> F:
-    """Turn the errors a user can fix into one red line and exit code 2, not a traceback."""
+# Errors a person can act on: printed as one line, exit code 2. Anything else is a bug of ours:
+# one line too, exit code 1, and `--debug` (or NONLLAMA_DEBUG=1) shows the traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (StageError, SourceError, ValueError, OSError)
+_ERRNO_HINTS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on the device",
+    errno.ENOTDIR: "a part of this path is a file, not a directory",
+    errno.EISDIR: "is a directory, a file was expected",
+    errno.ELOOP: "symbolic link loop",
+    errno.ENOENT: "no such file or directory",
+    errno.EEXIST: "already exists",
+    errno.ENAMETOOLONG: "file name too long",
+}
+_debug = os.environ.get("NONLLAMA_DEBUG") == "1"
+
+
+def describe_error(error: BaseException) -> str:
+    """One line saying what went wrong and where (the path of an OSError, the option of a bad value)."""
+    if isinstance(error, OSError) and error.errno is not None:  # raised by the system, about a path
+        what = _ERRNO_HINTS.get(error.errno) or error.strerror or type(error).__name__
+        where = [str(f) for f in (error.filename, error.filename2) if f is not None]
+        return f"{' -> '.join(where)}: {what}" if where else f"{what} ({error})"
+    text = " ".join(str(error).split())  # one line whatever the message held
+    return text or type(error).__name__
+
+
+def report_errors(fn: F) -> F:
+    """Run a command; turn what it raises into one red line and an exit code, not a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (StageError, SourceError, ValueError, FileNotFoundError) as e:
-            # soft_wrap: no line breaks inside a path or an option name; the message stays one line
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: nothing half-written is left; rerun to complete")
             raise typer.Exit(130) from None
+        except BaseException as e:  # noqa: BLE001 - the one place every error of a command ends up
+            if isinstance(e, SystemExit):
+                raise
+            if _debug:
+                console.print_exception()
+            user_error = isinstance(e, USER_ERRORS)
+            prefix = "error" if user_error else f"internal error ({type(e).__name__}, please report it)"
+            hint = "" if user_error or _debug else "; rerun with --debug for the traceback"
+            # soft_wrap: no line breaks inside a path or an option name; the message stays one line
+            console.print(f"[bold red]{prefix}:[/] {escape(describe_error(e))}{hint}", highlight=False,
+                          soft_wrap=True)
+            raise typer.Exit(2 if user_error else 1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -58,8 +100,13 @@ def main(
     version: Annotated[
         bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an error (also NONLLAMA_DEBUG=1).")
+    ] = False,
 ) -> None:
     """nonllama: raw text in, a small Llama you trained yourself out."""
+    global _debug
+    _debug = debug or os.environ.get("NONLLAMA_DEBUG") == "1"
 
 
 # --------------------------------------------------------------------------- shared options
@@ -67,6 +114,9 @@ def main(
 WorkdirOpt = Annotated[Path, typer.Option("--workdir", help="Directory holding every stage's output.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Processes to spread shards over.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the stage even if it is up to date.")]
+VerifyInputOpt = Annotated[bool, typer.Option(
+    "--verify-input", help="Compare every input part's checksum with its manifest before starting "
+    "(always done when the input is under 512 MB; sizes and row counts are always compared).")]
 
 
 def stage_dirs(workdir: Path, previous: str | None, stage: str, input_dir: Path | None, output_dir: Path | None) -> tuple[Path | None, Path]:
@@ -82,11 +132,13 @@ def load_stage_config(path: Path | None, section: str) -> dict:
     if path is None:
         return {}
     if not path.exists():
-        raise FileNotFoundError(f"--config {path}: no such file")
+        raise StageError(f"--config {path}: no such file")
+    if not path.is_file():
+        raise StageError(f"--config {path}: not a file (a TOML file was expected)")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"--config {path}: {e}") from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise StageError(f"--config {path}: not a valid TOML file ({e})") from None
     if section in data and isinstance(data[section], dict):
         return data[section]
     if any(isinstance(v, dict) for v in data.values()):
@@ -94,8 +146,14 @@ def load_stage_config(path: Path | None, section: str) -> dict:
     return data
 
 
+def print_notices(run: StageRun, stage: str) -> None:
+    for notice in run.notices:
+        console.print(f"[yellow]{stage}[/]: {notice}", highlight=False, soft_wrap=True)
+
+
 def print_summary(run: StageRun, stage: str) -> None:
     m = run.manifest
+    print_notices(run, stage)
     if run.up_to_date:
         console.print(f"[green]{stage}[/]: up to date ({run.output_dir}); --force to redo")
         return
@@ -139,8 +197,8 @@ def print_summary(run: StageRun, stage: str) -> None:
     where = f" (see {run.output_dir / m['side_dir']})" if m.get("side_dir") else ""
     if m.get("quarantine") and m.get("quarantined"):
         where = f" (see {run.output_dir / m['quarantine']})"
-    for path in m.get("skipped_files", []):
-        console.print(f"[yellow]skipped[/] {path}: no reader for this file type", highlight=False, soft_wrap=True)
+    for entry in m.get("skipped_files", []):  # "path: why"
+        console.print(f"[yellow]skipped[/] {entry}", highlight=False, soft_wrap=True)
     console.print(
         f"[green]{stage}[/]: {m['rows_out']:,} of {m['rows_in']:,} documents kept, "
         f"{m['rows_removed']:,} removed{where}, {m['wall_time_s']:.1f}s"
@@ -173,6 +231,8 @@ def _register_commands() -> None:
 
     for module in sorted(pkgutil.iter_modules(nonllama.commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"nonllama.commands.{module.name}")
+    for command in app.registered_commands:  # one error handler for every command
+        command.callback = report_errors(command.callback)
 
 
 _register_commands()

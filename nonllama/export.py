@@ -28,6 +28,7 @@ The conventions of the other side, and what is done about them:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 from dataclasses import dataclass, field
@@ -210,19 +211,153 @@ class Exported:
 
 
 def export_run(fmt: str, out: Path, run: Path | None = None, checkpoint: str | Path | None = None,
-               tokenizer: Path | None = None, tokenizer_out: Path | None = None) -> Exported:
-    """Write the run's model (latest checkpoint, or --checkpoint) in format `fmt` to `out`."""
+               tokenizer: Path | None = None, tokenizer_out: Path | None = None, force: bool = False) -> Exported:
+    """Write the run's model (latest checkpoint, or --checkpoint) in format `fmt` to `out`.
+
+    Nothing that exists is overwritten unless `force`, and then only a previous export of the
+    same format (see `check_output`), which is checked before the run is even loaded.
+    """
     from nonllama.generate import load_run
 
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if tokenizer_out is not None and fmt != "llama2c":
+        raise ValueError(f"--tokenizer-out {tokenizer_out}: only --format llama2c writes a separate tokenizer file")
+    check_output(fmt, Path(out), tokenizer_out, force)
     loaded = load_run(run, checkpoint, tokenizer)
     spm = read_spm_model(loaded.tokenizer)
     if fmt == "hf":
-        return export_hf(loaded.model, spm, loaded.tokenizer, Path(out))
+        return export_hf(loaded.model, spm, loaded.tokenizer, Path(out), force=force)
     if fmt == "llama2c":
-        return export_llama2c(loaded.model, spm, Path(out), tokenizer_out)
-    return export_gguf(loaded.model, spm, Path(out), name=loaded.run.name)
+        return export_llama2c(loaded.model, spm, Path(out), tokenizer_out, force=force)
+    return export_gguf(loaded.model, spm, Path(out), name=loaded.run.name, force=force)
+
+
+# ---- where an export may write
+
+# What an hf export writes, all of it: a directory holding these names and nothing else, with a
+# config.json of a Llama, is a previous export (--force replaces it); anything else is not ours.
+HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+_DEFAULT_NAMES = {"hf": "hf", "llama2c": "model.bin", "gguf": "model.gguf"}
+
+
+def llama2c_tokenizer_path(out: Path, tokenizer_out: Path | None) -> Path:
+    """Where the llama2c export writes tokenizer.bin: --tokenizer-out, or beside -o."""
+    return Path(tokenizer_out) if tokenizer_out is not None else Path(out).with_name("tokenizer.bin")
+
+
+def check_output(fmt: str, out: Path, tokenizer_out: Path | None = None, force: bool = False) -> None:
+    """Refuse (ValueError naming the path) to write where an export would overwrite or mix into
+    something it did not write. Without `force` nothing that exists is replaced; with it, only a
+    previous export of the same format: for hf a directory of exactly the files an hf export
+    writes, for llama2c and gguf a file that reads as one of that format."""
+    out = Path(out)
+    _check_parents(out, "-o")
+    if fmt == "hf":
+        _check_hf_dir(out, force)
+    elif fmt == "llama2c":
+        tokenizer_path = llama2c_tokenizer_path(out, tokenizer_out)
+        option = "--tokenizer-out" if tokenizer_out is not None else "--tokenizer-out (default: beside -o)"
+        if tokenizer_path.resolve() == out.resolve():
+            raise ValueError(f"-o {out} and --tokenizer-out {tokenizer_path} are the same file")
+        _check_parents(tokenizer_path, option)
+        _check_file(out, "-o", "llama2c model.bin", _is_llama2c_model, force, fmt)
+        _check_file(tokenizer_path, option, "llama2c tokenizer.bin", _is_llama2c_tokenizer, force, fmt)
+    elif fmt == "gguf":
+        _check_file(out, "-o", "GGUF file", _is_gguf, force, fmt)
+
+
+def _check_parents(path: Path, option: str) -> None:
+    """The nearest existing folder above `path` must be a directory (a file there is an error)."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a directory")
+            return
+
+
+def _check_file(path: Path, option: str, what: str, looks_like: Any, force: bool, fmt: str) -> None:
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a directory; --format {fmt} writes a file "
+                         f"(e.g. {path / _DEFAULT_NAMES[fmt]})")
+    if not force:
+        raise ValueError(f"{option} {path}: already exists (not overwritten); --force replaces a previous "
+                         f"{fmt} export")
+    try:
+        ours = looks_like(path)
+    except OSError:  # unreadable, or a dangling link: not something to replace blindly
+        ours = False
+    if not ours:
+        raise ValueError(f"{option} {path}: exists and is not a {what}; not replacing it, even with --force")
+
+
+def _check_hf_dir(out: Path, force: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"-o {out}: exists and is not a directory (--format hf writes a directory)")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    others = [name for name in entries if name not in HF_FILES]
+    if others or not _is_llama_config(out / "config.json"):
+        shown = others or entries
+        listed = ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+        raise ValueError(f"-o {out}: a directory of files a nonllama hf export did not write ({listed}); "
+                         "not writing into it, even with --force: give a new or empty directory")
+    if not force:
+        raise ValueError(f"-o {out}: holds a previous hf export ({', '.join(entries[:3])}, ...; not "
+                         "overwritten); --force replaces it")
+
+
+def _is_llama_config(path: Path) -> bool:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == "llama" \
+        and config.get("architectures") == ["LlamaForCausalLM"]
+
+
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _is_llama2c_model(path: Path) -> bool:
+    """A file whose size is what its version-0 header says (see `export_llama2c`)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(28)
+    if len(header) < 28:
+        return False
+    dim, hidden, layers, heads, kv_heads, vocab, seq = struct.unpack("7i", header)
+    if min(dim, hidden, layers, heads, kv_heads, seq) < 1 or vocab == 0 or dim % heads:
+        return False
+    head = dim // heads
+    kv_dim = head * kv_heads
+    floats = (abs(vocab) * dim * (1 if vocab > 0 else 2) + layers * (2 * dim + 2 * dim * dim + 2 * dim * kv_dim
+              + 3 * dim * hidden) + dim + seq * head)
+    return size == 28 + 4 * floats
+
+
+def _is_llama2c_tokenizer(path: Path) -> bool:
+    """A file that parses to its end as tokenizer.bin: max length, then (score, length, bytes)."""
+    data = path.read_bytes()
+    if len(data) < 4:
+        return False
+    (max_len,), at = struct.unpack("<i", data[:4]), 4
+    while at < len(data):
+        if at + 8 > len(data):
+            return False
+        n = struct.unpack("<i", data[at + 4:at + 8])[0]
+        if not 0 <= n <= max_len:
+            return False
+        at += 8 + n
+    return at == len(data) and at > 4
 
 
 def _require(*modules: str, fmt: str) -> None:
@@ -236,14 +371,30 @@ def _require(*modules: str, fmt: str) -> None:
 # ---- Hugging Face
 
 
-def export_hf(model: Llama, spm: SpmModel, tokenizer_model: Path, out: Path) -> Exported:
-    """A `transformers` directory: LlamaForCausalLM weights and config, and a fast tokenizer."""
+def export_hf(model: Llama, spm: SpmModel, tokenizer_model: Path, out: Path, force: bool = False) -> Exported:
+    """A `transformers` directory: LlamaForCausalLM weights and config, and a fast tokenizer.
+
+    Written into a staging directory beside `out` and moved into place once complete, so a
+    failed export leaves `out` as it was (absent, empty, or the previous export).
+    """
     _require("safetensors", "tokenizers", fmt="hf")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"-o {out}: exists and is not a directory")
-    files = write_hf_model(model, out, pad_token_id=spm.ids.get("<pad>"))
-    files += write_hf_tokenizer(spm, tokenizer_model, out, model.config.max_seq_len)
-    return Exported("hf", files)
+    out = Path(out)
+    check_output("hf", out, force=force)
+    target = out.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.export-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        files = write_hf_model(model, staging, pad_token_id=spm.ids.get("<pad>"))
+        files += write_hf_tokenizer(spm, tokenizer_model, staging, model.config.max_seq_len)
+        if not target.exists():
+            os.replace(staging, target)
+        else:  # empty, or a previous export (check_output): every one of its files is replaced
+            for file in files:
+                os.replace(file, target / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Exported("hf", [out / file.name for file in files])
 
 
 def write_hf_model(model: Llama, out: Path, pad_token_id: int | None = None) -> list[Path]:
@@ -350,15 +501,16 @@ def llama2c_tokenizer_entries(spm: SpmModel, order: list[int]) -> list[tuple[flo
     return entries
 
 
-def export_llama2c(model: Llama, spm: SpmModel, out: Path, tokenizer_out: Path | None = None) -> Exported:
-    """model.bin (llama2.c version 0) and tokenizer.bin."""
+def export_llama2c(model: Llama, spm: SpmModel, out: Path, tokenizer_out: Path | None = None,
+                   force: bool = False) -> Exported:
+    """model.bin (llama2.c version 0) and tokenizer.bin: both replaced, or neither."""
     config = model.config
     problems = llama2c_problems(config, spm)
     if problems:
         raise StageError("--format llama2c: run.c cannot run this model: " + "; ".join(problems))
-    tokenizer_out = Path(tokenizer_out) if tokenizer_out is not None else out.with_name("tokenizer.bin")
-    if tokenizer_out.resolve() == out.resolve():
-        raise ValueError(f"-o {out} and --tokenizer-out {tokenizer_out} are the same file")
+    out = Path(out)
+    check_output("llama2c", out, tokenizer_out, force)
+    tokenizer_out = llama2c_tokenizer_path(out, tokenizer_out)
     order = torch.tensor(llama2c_order(spm))
     state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     layers = range(config.n_layers)
@@ -387,17 +539,19 @@ def export_llama2c(model: Llama, spm: SpmModel, out: Path, tokenizer_out: Path |
         [angles.cos(), angles.sin()],
         [] if tied else [state["output.weight"][order]],
     ]
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        f.write(header)
-        for group in tensors:
-            for t in group:
-                f.write(t.contiguous().numpy().astype("<f4").tobytes())
     entries = llama2c_tokenizer_entries(spm, order.tolist())
-    with atomic_path(tokenizer_out) as tmp, open(tmp, "wb") as f:
-        f.write(struct.pack("<i", max(len(b) for _, b in entries)))
-        for score, piece in entries:
-            f.write(struct.pack("<fi", score, len(piece)))
-            f.write(piece)
+    # nested: the tokenizer is renamed into place, then the model; an error before leaves both
+    with atomic_path(out) as model_tmp, atomic_path(tokenizer_out) as tokenizer_tmp:
+        with open(model_tmp, "wb") as f:
+            f.write(header)
+            for group in tensors:
+                for t in group:
+                    f.write(t.contiguous().numpy().astype("<f4").tobytes())
+        with open(tokenizer_tmp, "wb") as f:
+            f.write(struct.pack("<i", max(len(b) for _, b in entries)))
+            for score, piece in entries:
+                f.write(struct.pack("<fi", score, len(piece)))
+                f.write(piece)
     notes = []
     if order.tolist() != list(range(len(order))):
         notes.append("token ids renumbered so that byte b is id b + 3, as run.c's byte fallback expects "
@@ -411,11 +565,13 @@ def export_llama2c(model: Llama, spm: SpmModel, out: Path, tokenizer_out: Path |
 # ---- GGUF
 
 
-def export_gguf(model: Llama, spm: SpmModel, out: Path, name: str = "nonllama") -> Exported:
+def export_gguf(model: Llama, spm: SpmModel, out: Path, name: str = "nonllama", force: bool = False) -> Exported:
     """One .gguf file for llama.cpp: architecture "llama", fp32 tensors, the SentencePiece vocabulary."""
     _require("gguf", fmt="gguf")
     import gguf
 
+    out = Path(out)
+    check_output("gguf", out, force=force)
     config = model.config
     if len(spm.pieces) != config.vocab_size:
         raise StageError(f"--format gguf: the tokenizer has {len(spm.pieces)} pieces, the model {config.vocab_size}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -153,18 +154,22 @@ class TextStream:
 @dataclass
 class Sampling:
     max_new_tokens: int = 256
-    temperature: float = 1.0  # <= 0: greedy
+    temperature: float = 1.0  # 0: greedy
     top_k: int | None = None
     top_p: float | None = 0.9
     seed: int | None = None
 
     def check(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+        """ValueError naming the option for a value out of range. A negative temperature is not
+        taken as greedy: it is a mistake (a sign typed or lost), and 0 says greedy plainly."""
+        if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
+            raise ValueError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"--temperature {self.temperature:g}: must be a number >= 0 (0 is greedy)")
+        if self.top_k is not None and not (isinstance(self.top_k, int) and self.top_k >= 1):
+            raise ValueError(f"--top-k {self.top_k}: must be at least 1 (leave it out to sample from every token)")
+        if self.top_p is not None and not 0 < self.top_p <= 1:  # NaN fails too
+            raise ValueError(f"--top-p {self.top_p:g}: must be in (0, 1] (1 turns nucleus sampling off)")
 
 
 @dataclass
@@ -186,6 +191,7 @@ class Generation:
 def generate(model: Llama, processor: Any, prompt: str, sampling: Sampling, generator: torch.Generator | None = None,
              on_text: Callable[[str], None] | None = None) -> Generation:
     """Continue `prompt`; `on_text` receives the new text piece by piece as it is produced."""
+    sampling.check()
     config = model.config
     device = model.rope_cos.device
     result = Generation(encode_prompt(processor, prompt, config.max_seq_len))

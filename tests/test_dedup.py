@@ -241,3 +241,37 @@ def test_bad_options_name_the_option(tmp_path, cli):
     assert "--bands 20 x --rows 10" in out and "--num-perm 128" in out
     assert "--threshold" in cli("dedup", "-i", source, "--threshold", "0", expect=2).output
     assert "nonllama filter" in cli("dedup", "--workdir", tmp_path / "nothing", expect=2).output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ngram", "0"], "--ngram 0: must be in [1, 32]"),
+    (["--ngram", "33"], "--ngram 33: must be in [1, 32]"),
+    (["--ngram", "1000"], "--ngram 1000: must be in [1, 32]"),
+    (["--num-perm", "1"], "--num-perm 1: must be in [2, 1024]"),
+    (["--num-perm", "100000"], "--num-perm 100000: must be in [2, 1024]"),
+    (["--threshold", "1.5"], "--threshold 1.5: must be in (0, 1]"),
+    (["--threshold", "nan"], "--threshold nan: must be in (0, 1]"),
+    (["--fp-weight", "-0.1"], "--fp-weight -0.1: must be in [0, 1]"),
+    (["--paragraph-max-docs", "0"], "--paragraph-max-docs 0: must be at least 1"),
+    (["--bands", "0"], "--bands 0: must be in [1, --num-perm 128]"),
+    (["--rows", "200"], "--rows 200: must be in [1, --num-perm 128]"),
+    (["--num-perm", "64", "--bands", "9", "--rows", "8"], "--bands 9 x --rows 8 = 72 exceeds --num-perm 64"),
+    (["--seed", "-1"], "--seed -1: must be in [0, 2**64)"),
+])
+def test_out_of_range_options_are_refused_before_reading(tmp_path, cli, args, message):
+    source = write_stage(tmp_path / "filtered", [[doc(0, "hello there")]])
+    out = " ".join(cli("dedup", "-i", source, "-o", tmp_path / "out", *args, expect=2).output.split())
+    assert message in out and "Traceback" not in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_ngram_at_its_bound_runs_and_the_config_checks_itself(tmp_path, cli):
+    source = write_stage(tmp_path / "filtered", [[doc(0, "one two three"), doc(1, "one two three four")]])
+    cli("dedup", "-i", source, "-o", tmp_path / "out", "--ngram", "32", "--num-perm", "1024")
+    assert read_manifest(tmp_path / "out")["config"]["ngram"] == 32
+    with pytest.raises(ValueError, match=r"--ngram 33: must be in \[1, 32\]"):
+        DedupConfig(ngram=33)
+    config = DedupConfig()
+    object.__setattr__(config, "ngram", 40)  # however it got there, validate() says so
+    with pytest.raises(ValueError, match="--ngram 40"):
+        config.validate()

@@ -243,4 +243,4 @@ def test_unsupported_files_in_a_directory_are_reported(tmp_path, cli):
     (src / "scan.pdf").write_bytes(b"%PDF-1.4 not read")
     result = cli("download", src, "-o", tmp_path / "raw")
     assert "scan.pdf" in result.output
-    assert read_manifest(tmp_path / "raw")["skipped_files"] == [str(src / "scan.pdf")]
+    assert read_manifest(tmp_path / "raw")["skipped_files"] == [f"{src / 'scan.pdf'}: no reader for this file type"]

@@ -13,6 +13,7 @@ import torch
 from tiny_runs import one_line, one_thread, sample_texts, tiny_run_dir, train_tokenizer  # noqa: F401
 
 from nonllama.export import (
+    HF_FILES,
     export_gguf,
     export_hf,
     export_llama2c,
@@ -309,3 +310,120 @@ def test_export_errors(cli, run_dir: Path, tmp_path: Path) -> None:
     assert "exists and is not a directory" in one_line(result.output)
     result = cli("export", "--run", tmp_path / "none", "-o", tmp_path / "hf", expect=2)
     assert "no such directory" in one_line(result.output)
+
+
+# --------------------------------------------------------------------------- existing outputs
+
+
+def test_llama2c_and_gguf_never_overwrite_without_force(cli, run_dir: Path, tmp_path: Path) -> None:
+    model, tokenizer = tmp_path / "model.bin", tmp_path / "tokenizer.bin"
+    cli("export", "--run", run_dir, "--format", "llama2c", "-o", model, "--checkpoint", "2")
+    first = model.read_bytes(), tokenizer.read_bytes()
+    out = one_line(cli("export", "--run", run_dir, "--format", "llama2c", "-o", model, expect=2).output)
+    assert f"-o {model}: already exists (not overwritten); --force replaces a previous llama2c export" in out
+    assert (model.read_bytes(), tokenizer.read_bytes()) == first
+    # the tokenizer beside it counts too, alone
+    model.unlink()
+    out = one_line(cli("export", "--run", run_dir, "--format", "llama2c", "-o", model, expect=2).output)
+    assert f"{tokenizer}: already exists" in out and not model.exists()
+    # --force replaces a previous export (here: of another checkpoint)
+    cli("export", "--run", run_dir, "--format", "llama2c", "-o", model, "--force")
+    assert model.read_bytes() != first[0] and read_llama2c(model)[0]["dim"] == load_run(run_dir).config.dim
+
+    gguf_file = tmp_path / "model.gguf"
+    cli("export", "--run", run_dir, "--format", "gguf", "-o", gguf_file, "--checkpoint", "2")
+    before = gguf_file.read_bytes()
+    out = one_line(cli("export", "--run", run_dir, "--format", "gguf", "-o", gguf_file, expect=2).output)
+    assert f"-o {gguf_file}: already exists (not overwritten); --force replaces a previous gguf export" in out
+    assert gguf_file.read_bytes() == before
+    cli("export", "--run", run_dir, "--format", "gguf", "-o", gguf_file, "--force")
+    assert gguf_file.read_bytes() != before and gguf_file.read_bytes()[:4] == b"GGUF"
+
+
+def test_force_replaces_only_a_file_of_the_same_format(cli, run_dir: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, not a model\n")
+    for fmt, what in (("llama2c", "llama2c model.bin"), ("gguf", "GGUF file")):
+        out = one_line(cli("export", "--run", run_dir, "--format", fmt, "-o", notes, "--force", expect=2).output)
+        assert f"-o {notes}: exists and is not a {what}; not replacing it, even with --force" in out
+    # a gguf file is not a llama2c model, nor the other way round
+    cli("export", "--run", run_dir, "--format", "gguf", "-o", tmp_path / "m.gguf")
+    out = one_line(cli("export", "--run", run_dir, "--format", "llama2c", "-o", tmp_path / "m.gguf", "--force",
+                       expect=2).output)
+    assert "is not a llama2c model.bin" in out
+    # --tokenizer-out pointing at someone's file
+    out = one_line(cli("export", "--run", run_dir, "--format", "llama2c", "-o", tmp_path / "model.bin",
+                       "--tokenizer-out", notes, "--force", expect=2).output)
+    assert f"--tokenizer-out {notes}: exists and is not a llama2c tokenizer.bin" in out
+    assert not (tmp_path / "model.bin").exists() and notes.read_text() == "my notes, not a model\n"
+    # a directory where a file goes
+    (tmp_path / "dir").mkdir()
+    out = one_line(cli("export", "--run", run_dir, "--format", "gguf", "-o", tmp_path / "dir", "--force", expect=2).output)
+    assert f"-o {tmp_path / 'dir'}: is a directory; --format gguf writes a file" in out
+    out = one_line(cli("export", "--run", run_dir, "--format", "gguf", "-o", tmp_path / "m2.gguf", "--tokenizer-out",
+                       tmp_path / "t.bin", expect=2).output)
+    assert "--tokenizer-out" in out and "only --format llama2c" in out
+    # the library functions refuse the same way; an untied model.bin is recognised as well
+    loaded = load_run(run_dir)
+    spm = read_spm_model(loaded.tokenizer)
+    untied = untied_model(loaded.config.vocab_size)
+    export_llama2c(untied, spm, tmp_path / "u" / "model.bin")
+    with pytest.raises(ValueError, match="already exists"):
+        export_llama2c(untied, spm, tmp_path / "u" / "model.bin")
+    export_llama2c(untied, spm, tmp_path / "u" / "model.bin", force=True)
+    export_hf(untied, spm, loaded.tokenizer, tmp_path / "h")
+    with pytest.raises(ValueError, match="holds a previous hf export"):
+        export_hf(untied, spm, loaded.tokenizer, tmp_path / "h")
+
+
+def test_hf_export_into_existing_directories(cli, run_dir: Path, tmp_path: Path) -> None:
+    hf = tmp_path / "hf"
+    hf.mkdir()  # empty: fine
+    cli("export", "--run", run_dir, "--format", "hf", "-o", hf, "--checkpoint", "2")
+    weights = (hf / "model.safetensors").read_bytes()
+    out = one_line(cli("export", "--run", run_dir, "--format", "hf", "-o", hf, expect=2).output)
+    assert f"-o {hf}: holds a previous hf export" in out and "--force replaces it" in out
+    assert (hf / "model.safetensors").read_bytes() == weights
+    cli("export", "--run", run_dir, "--format", "hf", "-o", hf, "--force")
+    assert (hf / "model.safetensors").read_bytes() != weights
+    assert sorted(p.name for p in hf.iterdir()) == sorted(HF_FILES)  # nothing left beside it
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+    # a directory of someone else's files: refused, even with --force, naming some of them
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt", "photo.jpg"):
+        (mine / name).write_text(name)
+    for force in ([], ["--force"]):
+        out = one_line(cli("export", "--run", run_dir, "--format", "hf", "-o", mine, *force, expect=2).output)
+        assert f"-o {mine}: a directory of files a nonllama hf export did not write (a.txt, b.txt, c.txt and 2 more)" in out
+        assert "even with --force" in out
+    assert sorted(p.name for p in mine.iterdir()) == ["a.txt", "b.txt", "c.txt", "d.txt", "photo.jpg"]
+    # a previous export with a file of the user's added: not ours to mix into
+    (hf / "README.md").write_text("my model card")
+    out = one_line(cli("export", "--run", run_dir, "--format", "hf", "-o", hf, "--force", expect=2).output)
+    assert "did not write (README.md)" in out and (hf / "README.md").read_text() == "my model card"
+    # a config.json that is not a Llama's is not a previous export either
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "bert"}')
+    out = one_line(cli("export", "--run", run_dir, "--format", "hf", "-o", other, "--force", expect=2).output)
+    assert "did not write (config.json)" in out
+
+
+def test_hf_export_to_a_file_or_under_one(cli, run_dir: Path, tmp_path: Path) -> None:
+    file = tmp_path / "file"
+    file.write_text("x")
+    for force in ([], ["--force"]):
+        out = one_line(cli("export", "--run", run_dir, "--format", "hf", "-o", file, *force, expect=2).output)
+        assert f"-o {file}: exists and is not a directory" in out and "Traceback" not in out
+    for fmt, below in (("hf", file / "hf"), ("llama2c", file / "sub" / "model.bin"), ("gguf", file / "m.gguf")):
+        out = one_line(cli("export", "--run", run_dir, "--format", fmt, "-o", below, expect=2).output)
+        assert f"-o {below}: {file} is a file, not a directory" in out, out
+    out = one_line(cli("export", "--run", run_dir, "--format", "llama2c", "-o", tmp_path / "m.bin",
+                       "--tokenizer-out", file / "tok.bin", expect=2).output)
+    assert f"--tokenizer-out {file / 'tok.bin'}: {file} is a file, not a directory" in out
+    assert file.read_text() == "x" and not (tmp_path / "m.bin").exists()
+    # the output is judged before the run is even loaded
+    out = one_line(cli("export", "--run", tmp_path / "no-run", "--format", "hf", "-o", file, expect=2).output)
+    assert "exists and is not a directory" in out

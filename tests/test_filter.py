@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 import pytest
 
@@ -161,6 +163,43 @@ def test_bad_config_names_the_key():
     with pytest.raises(ValueError, match="gopher_max_dup_ngram_char_frac"):
         config_from_dict({"gopher_max_dup_ngram_char_frac": [0.1]})
     assert config_from_dict({"languages": ["zh"], "special_chars_max_ratio": 1}).special_chars_max_ratio == 1.0
+
+
+def test_every_number_of_the_config_has_a_range_and_built_configs_are_checked_too():
+    from dataclasses import fields
+
+    from nonllama.pipeline.filter import _RANGES
+
+    defaults = FilterConfig()
+    numbers = {f.name for f in fields(FilterConfig) if not isinstance(getattr(defaults, f.name), (bool, list))}
+    assert numbers == set(_RANGES)  # a new threshold cannot slip past validate()
+    defaults.validate()
+    for bad, message in [
+        ({"flagged_words_max_ratio": 1.01}, "'flagged_words_max_ratio' = 1.01: must be a number in [0, 1]"),
+        ({"word_repetition_max_ratio": float("nan")}, "'word_repetition_max_ratio' = nan"),
+        ({"c4_max_word_length": -5}, "'c4_max_word_length' = -5: must be an integer >= 0"),
+        ({"word_count_max": 2.5}, "'word_count_max' = 2.5: must be an integer >= 1"),
+        ({"stop_words": "yes"}, "'stop_words' = 'yes': must be true or false"),
+        ({"gopher_max_top_ngram_char_frac": [0.2]}, "needs 3 values"),
+        ({"languages": ["en", "klingon"]}, "'klingon' is not a language code"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            FilterConfig(**bad).validate()
+        with pytest.raises(ValueError, match=re.escape(message)):  # the heart checks it too
+            filter_batch(batch(EN), FilterConfig(**bad))
+    # rates per word may exceed 1; a switched-off language rule still wants real codes
+    FilterConfig(gopher_max_symbol_word_ratio=2.0, fineweb_max_newline_ratio=3.0).validate()
+    with pytest.raises(ValueError, match="'xx'"):
+        FilterConfig(language=False, languages=["xx"]).validate()
+
+
+def test_language_codes_are_the_labels_of_the_model():
+    from nonllama.pipeline.filter_rules import LID_LANGUAGES, language_model
+
+    # k=-1 with a threshold below 0: every label of the model, whatever the text
+    predicted = language_model().f.predict("hello\n", -1, -1.0, "replace")
+    assert {label.removeprefix("__label__") for _, label in predicted} == LID_LANGUAGES
+    assert len(LID_LANGUAGES) == 176
 
 
 # Texts that exercise every branch of the token grammar: numbers with separators, apostrophes

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import polars as pl
+import pytest
+from tiny_runs import one_line
 
 from nonllama.pipeline.io import read_manifest, read_parts
 from nonllama.pipeline.sample import BOILERPLATE_LINES
@@ -122,3 +124,62 @@ def test_peoples_daily_and_tinystories_keep_most(tmp_path, cli, corpora):
         m = read_manifest(work / "filtered")
         assert m["chars_out"] >= 0.8 * m["chars_in"], (name, m["drop_reasons"])
         assert m["rows_out"] >= 0.55 * m["rows_in"], (name, m["drop_reasons"])
+
+
+BAD_CONFIGS = [
+    # (the [filter] table, what the one-line error must say)
+    ("special_chars_max = 5", "'special_chars_max' (did you mean 'special_chars_max_ratio'?)"),
+    ("special_chars_max_ratio = 5", "'special_chars_max_ratio' = 5.0: must be a number in [0, 1]"),
+    ("special_chars_max_ratio = -1", "'special_chars_max_ratio' = -1.0: must be a number in [0, 1]"),
+    ("word_count_min = -1", "'word_count_min' = -1: must be an integer >= 0"),
+    ("word_count_min = 500\nword_count_max = 100", "'word_count_min' = 500 is above 'word_count_max' = 100"),
+    ("gopher_min_mean_word_length = 12.0", "'gopher_min_mean_word_length' = 12 is above 'gopher_max_mean_word_length' = 10"),
+    ("language_min_score = 1.5", "'language_min_score' = 1.5: must be a number in [0, 1]"),
+    ("stop_words_min_ratio = 2", "'stop_words_min_ratio' = 2.0: must be a number in [0, 1]"),
+    ("gopher_max_dup_ngram_char_frac = [0.15, 0.14, 1.3, 0.12, 0.11, 0.1]", "its 7-gram threshold 1.3 must be a number in [0, 1]"),
+    ("gopher_max_top_ngram_char_frac = [0.2, nan, 0.16]", "its 3-gram threshold nan must be a number in [0, 1]"),
+    ("char_repetition_n = 0", "'char_repetition_n' = 0: must be an integer in [1, 100]"),
+    ("char_repetition_n = 1000", "'char_repetition_n' = 1000: must be an integer in [1, 100]"),
+    ("word_repetition_n = 200", "'word_repetition_n' = 200: must be an integer in [1, 50]"),
+    ("short_lines_chars = 5000", "'short_lines_chars' = 5000: must be an integer in [1, 1000]"),
+    ("language_max_chars = 0", "'language_max_chars' = 0: must be an integer >= 1"),
+    ('languages = ["english"]', "'english' is not a language code of fastText lid.176"),
+    ('languages = ["en", "xx"]', "'xx' is not a language code of fastText lid.176"),
+    ('languages = ["EN"]', "(did you mean 'en'?)"),
+    ('languages = ["yue"]', "'yue': the filter reports Chinese written in Han characters as zh"),
+    ("languages = []", "'languages': empty list"),
+]
+
+
+@pytest.mark.parametrize("table, message", BAD_CONFIGS, ids=[t.split(" =")[0] for t, _ in BAD_CONFIGS])
+def test_out_of_range_config_is_refused_before_any_data_is_read(tmp_path, cli, table, message):
+    # the workdir has no input at all: the config must be judged first, and alone
+    config = tmp_path / "nonllama.toml"
+    config.write_text(f"[filter]\n{table}\n")
+    for args in (["--workdir", tmp_path / "work"], ["--show-config"]):
+        result = cli("filter", "--config", config, *args, expect=2)
+        out = one_line(result.output)
+        assert message in out and "filter config" in out, out
+        assert "Traceback" not in out and "nonllama normalize" not in out
+
+
+def test_bad_languages_option_names_the_option(tmp_path, cli):
+    out = one_line(cli("filter", "--languages", "en,english", "--workdir", tmp_path, expect=2).output)
+    assert "--languages en,english: 'english' is not a language code of fastText lid.176" in out
+    shown = cli("filter", "--languages", "en,fr,ja", "--show-config").output
+    assert 'languages = ["en", "fr", "ja"]' in shown
+
+
+def test_bad_config_leaves_a_real_input_unread_and_no_output(tmp_path, cli):
+    work = tmp_path / "work"
+    cli("download", "sample", "--workdir", work, "--part-rows", "300")
+    cli("normalize", "--workdir", work)
+    config = tmp_path / "nonllama.toml"
+    config.write_text("[filter]\nspecial_chars_max_ratio = 5\n")
+    cli("filter", "--workdir", work, "--config", config, expect=2)
+    assert not (work / "filtered").exists()
+    # in range, the edges included, the same stage runs: a ratio of 1 drops nothing for it
+    config.write_text("[filter]\nspecial_chars_max_ratio = 1\nword_count_min = 0\nlanguages = [\"en\", \"zh\", \"min\"]\n")
+    cli("filter", "--workdir", work, "--config", config)
+    m = read_manifest(work / "filtered")
+    assert m["rows_out"] > 0 and "special_chars" not in m["drop_reasons"]

@@ -260,8 +260,43 @@ def test_generate_command_errors(cli, run_dir: Path, tmp_path: Path) -> None:
     result = cli("generate", "hi", "--run", run_dir, "--checkpoint", "7", expect=2)
     assert "--checkpoint 7: no such checkpoint file" in one_line(result.output)
     result = cli("generate", "hi", "--run", run_dir, "--top-p", "0", expect=2)
-    assert "--top-p must be in (0, 1]" in one_line(result.output)
+    assert "--top-p 0: must be in (0, 1]" in one_line(result.output)
     empty = tmp_path / "run"
     (empty / "checkpoints").mkdir(parents=True)
     result = cli("generate", "hi", "--run", empty, expect=2)
     assert "no checkpoint" in one_line(result.output)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "-1"], "--temperature -1: must be a number >= 0 (0 is greedy)"),
+    (["--temperature", "-0.5", "--seed", "1"], "--temperature -0.5: must be a number >= 0"),
+    (["--temperature", "nan"], "--temperature nan: must be a number >= 0"),
+    (["--temperature", "inf"], "--temperature inf: must be a number >= 0"),
+    (["--top-p", "0"], "--top-p 0: must be in (0, 1]"),
+    (["--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
+    (["--top-p", "-0.2"], "--top-p -0.2: must be in (0, 1]"),
+    (["--top-k", "0"], "--top-k 0: must be at least 1"),
+    (["--top-k", "-3"], "--top-k -3: must be at least 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
+    (["--max-new-tokens", "-5"], "--max-new-tokens -5: must be at least 1"),
+    (["--greedy", "--temperature", "0.8"], "--greedy and --temperature 0.8: give one"),
+    (["--greedy", "--temperature", "-1"], "--temperature -1: must be a number >= 0"),
+])
+def test_sampling_options_out_of_range_are_refused(cli, run_dir: Path, tmp_path: Path, args, message) -> None:
+    save = tmp_path / "samples.json"
+    result = cli("generate", "Once upon a time", "--run", run_dir, *args, "--save", save, expect=2)
+    out = one_line(result.output)
+    assert out.startswith("error: ") and message in out and "Traceback" not in out
+    assert not save.exists()  # nothing generated
+
+
+def test_greedy_and_temperature_zero_agree(cli, run_dir: Path) -> None:
+    args = ("generate", "Once upon a time", "--run", run_dir, "--max-new-tokens", "8")
+    greedy = cli(*args, "--greedy")
+    assert greedy.stdout == cli(*args, "--temperature", "0").stdout == cli(*args, "--greedy", "--temperature", "0").stdout
+    assert "greedy" in greedy.stderr
+    from nonllama.generate import load_run
+
+    loaded = load_run(run_dir)
+    with pytest.raises(ValueError, match="--temperature -1: must be a number >= 0"):  # the library checks too
+        generate(loaded.model, loaded.processor, "hi", Sampling(temperature=-1.0))

@@ -12,6 +12,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from nonllama.pipeline.driver import run_shard_stage
 from nonllama.pipeline.io import (
     DOCUMENT_SCHEMA,
     MANIFEST_NAME,
@@ -24,7 +25,6 @@ from nonllama.pipeline.io import (
     part_name,
     read_parts,
     require_finished,
-    run_shard_stage,
     run_tasks,
     write_manifest,
 )
@@ -69,7 +69,7 @@ TEXTS = [["hello world", "hi", "another document", "ok"], ["short", "x", "the th
 
 
 def run(tmp_path: Path, **kw):
-    defaults = dict(stage="upper", previous="download", input_dir=tmp_path / "in",
+    defaults = dict(stage="normalize", input_dir=tmp_path / "in",
                     output_dir=tmp_path / "out", side_dir_name="removed", config={"min": 5},
                     transform=drop_short, batch_rows=2)
     defaults.update(kw)
@@ -123,7 +123,7 @@ def test_crash_leaves_nothing_a_later_stage_would_read_and_rerun_completes(tmp_p
     assert not (out / MANIFEST_NAME).exists()
     assert not any(p.name.startswith(".") for p in out.rglob("*.parquet")), "temporary part left behind"
     with pytest.raises(StageError, match="has not finished"):
-        require_finished(out, "upper")
+        require_finished(out, "normalize")
     result = run(tmp_path)
     assert result.manifest["rows_in"] == 3 and (out / MANIFEST_NAME).exists()
 

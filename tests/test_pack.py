@@ -155,7 +155,7 @@ def test_inspect_prints_counts_and_decoded_windows(tmp_path, work, cli):
     out = cli("pack", "--inspect", tmp_path / "p", "--seed", "3", "--windows", "2", "--window-tokens", "400").output
     assert "sample-zh" in out and "train.bin tokens" in out and "val.bin tokens" in out
     assert "⟨/s⟩" in out  # 400-token windows cross document boundaries
-    assert "not a pack output" in " ".join(cli("pack", "--inspect", work / "normalized", expect=2).output.split())
+    assert "not of `nonllama pack`" in " ".join(cli("pack", "--inspect", work / "normalized", expect=2).output.split())
 
 
 def test_token_dtype():

@@ -125,6 +125,33 @@ def test_vocabulary_too_large_or_small_names_a_size_that_works(tmp_path, trained
     cli(*args, "--vocab-size", str(needed), "--force")
 
 
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_too_small_vocabulary_names_the_exact_minimum(tmp_path, trained, cli, model_type):
+    # a sample of 3 KB: few characters, and for unigram few pieces to learn, so a figure that
+    # counts the 261 fixed pieces twice (as SentencePiece's own figure already holds them) would
+    # be "more than this text supports"
+    args = ("train-tokenizer", "-i", trained / "normalized", "--threads", "1", "--sample-bytes", "3K",
+            "--model-type", model_type)
+    small = " ".join(cli(*args, "-o", tmp_path / "a", "--vocab-size", "300", expect=2).output.split())
+    assert "--vocab-size 300 is too small for this text" in small and "the 261 fixed pieces" in small
+    needed = int(small.split("use --vocab-size ")[1].split()[0])
+    assert 261 < needed < 600
+    below = " ".join(cli(*args, "-o", tmp_path / "b", "--vocab-size", str(needed - 1), expect=2).output.split())
+    assert f"use --vocab-size {needed} or more" in below  # one figure, the same whatever was asked
+    cli(*args, "-o", tmp_path / "c", "--vocab-size", str(needed))
+    assert read_manifest(tmp_path / "c")["vocab_size"] == needed
+
+
+def test_vocabulary_below_the_fixed_pieces_is_refused_before_reading(tmp_path, cli):
+    for size, fixed in (("100", 261), ("261", 261)):
+        out = " ".join(cli("train-tokenizer", "--workdir", tmp_path, "--vocab-size", size, expect=2).output.split())
+        assert f"--vocab-size {size}: must be more than the {fixed} fixed pieces" in out
+        assert "nonllama dedup" not in out  # judged before looking for the input
+    out = " ".join(cli("train-tokenizer", "--workdir", tmp_path, "--vocab-size", "263", "--user-symbols", "<a>,<b>",
+                       expect=2).output.split())
+    assert "--vocab-size 263: must be more than the 263 fixed pieces" in out and "2 user symbols" in out
+
+
 def test_bad_options_and_missing_input(tmp_path, trained, cli):
     assert "nonllama dedup" in cli("train-tokenizer", "--workdir", tmp_path, expect=2).output
     bad = cli("train-tokenizer", "-i", trained / "normalized", "-o", tmp_path / "x", "--model-type", "wordpiece", expect=2)

@@ -3,6 +3,7 @@ trained in a second, a tiny run trained through the CLI."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,9 +31,10 @@ def write_corpus(packed: Path, seed: int = 0, vocab: int = VOCAB) -> np.ndarray:
     packed.mkdir(parents=True)
     train.tofile(packed / "train.bin")
     val.tofile(packed / "val.bin")
+    files = {name: hashlib.sha256((packed / name).read_bytes()).hexdigest() for name in ("train.bin", "val.bin")}
     (packed / "_manifest.json").write_text(json.dumps({
         "dtype": "uint16", "vocab_size": vocab, "tokenizer_digest": "sha256:fixture",
-        "tokens": {"train": len(train), "val": len(val)}}))
+        "tokens": {"train": len(train), "val": len(val)}, "files": files}))
     return train
 
 

@@ -10,25 +10,24 @@ from rich.table import Table
 
 from nonllama.cli import (
     ForceOpt,
+    VerifyInputOpt,
     WorkdirOpt,
     WorkersOpt,
     app,
     console,
-    friendly_errors,
     print_summary,
     stage_dirs,
 )
 
 
 @app.command()
-@friendly_errors
 def dedup(
     input_dir: Annotated[Path | None, typer.Option("-i", "--input", help="Input directory [default: <workdir>/filtered].")] = None,
     output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory [default: <workdir>/deduped].")] = None,
     workdir: WorkdirOpt = Path("work"),
     threshold: Annotated[float, typer.Option("--threshold", help="Jaccard similarity from which two documents are near duplicates.")] = 0.8,
-    num_perm: Annotated[int, typer.Option("--num-perm", help="MinHash permutations (signature length).")] = 128,
-    ngram: Annotated[int, typer.Option("--ngram", help="Shingle size: words for spaced text, characters for Chinese.")] = 3,
+    num_perm: Annotated[int, typer.Option("--num-perm", help="MinHash permutations (signature length), 2 to 1024.")] = 128,
+    ngram: Annotated[int, typer.Option("--ngram", help="Shingle size, 1 to 32: words for spaced text, characters for Chinese.")] = 3,
     bands: Annotated[int | None, typer.Option("--bands", help="LSH bands [default: optimal for --threshold].")] = None,
     rows: Annotated[int | None, typer.Option("--rows", help="LSH rows per band [default: optimal for --threshold].")] = None,
     fp_weight: Annotated[float, typer.Option("--fp-weight", help="Weight of false positives against false negatives when choosing bands/rows.")] = 0.1,
@@ -41,6 +40,7 @@ def dedup(
     show_clusters: Annotated[int, typer.Option("--show-clusters", min=0, help="Print the N largest clusters side by side.")] = 0,
     workers: WorkersOpt = 1,
     force: ForceOpt = False,
+    verify_input: VerifyInputOpt = False,
 ) -> None:
     """Remove exact and near-duplicate documents (MinHash-LSH) and, optionally, repeated lines."""
     from nonllama.pipeline.dedup import DedupConfig, largest_clusters, run_dedup
@@ -52,7 +52,7 @@ def dedup(
     )
     inp, out = stage_dirs(workdir, "filtered", "deduped", input_dir, output_dir)
     assert inp is not None
-    run = run_dedup(inp, out, config, workers=workers, force=force, console=console)
+    run = run_dedup(inp, out, config, workers=workers, force=force, verify_input=verify_input, console=console)
     print_summary(run, "dedup")
     stats = run.manifest.get("dedup", {})
     table = Table(title="dedup", title_justify="left")

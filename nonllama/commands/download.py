@@ -13,14 +13,12 @@ from nonllama.cli import (
     WorkersOpt,
     app,
     console,
-    friendly_errors,
     print_summary,
     stage_dirs,
 )
 
 
 @app.command()
-@friendly_errors
 def download(
     sources: Annotated[
         list[str],

@@ -7,11 +7,10 @@ from typing import Annotated
 
 import typer
 
-from nonllama.cli import app, console, friendly_errors
+from nonllama.cli import app, console
 
 
 @app.command()
-@friendly_errors
 def export(
     output: Annotated[Path, typer.Option("-o", "--output", help="hf: a directory; llama2c: model.bin; gguf: model.gguf.", show_default=False)],
     fmt: Annotated[str, typer.Option("--format", help="hf (transformers), llama2c (run.c), gguf (llama.cpp).")] = "hf",
@@ -19,11 +18,12 @@ def export(
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="A checkpoint file, or a step of the run \\[default: the latest].")] = None,
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.model \\[default: the run's copy].")] = None,
     tokenizer_out: Annotated[Path | None, typer.Option("--tokenizer-out", help="llama2c: where tokenizer.bin goes \\[default: beside -o].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a previous export of the same format at -o (never other files; for hf only a directory holding nothing but a previous hf export).")] = False,
 ) -> None:
     """Write a trained model for transformers, llama2.c or llama.cpp."""
     from nonllama.export import export_run
 
-    done = export_run(fmt, output, run, checkpoint, tokenizer, tokenizer_out)
+    done = export_run(fmt, output, run, checkpoint, tokenizer, tokenizer_out, force=force)
     for note in done.notes:
         console.print(f"[yellow]note[/]: {note}", highlight=False, soft_wrap=True)
     for path in done.files:

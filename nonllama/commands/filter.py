@@ -9,11 +9,11 @@ import typer
 
 from nonllama.cli import (
     ForceOpt,
+    VerifyInputOpt,
     WorkdirOpt,
     WorkersOpt,
     app,
     console,
-    friendly_errors,
     load_stage_config,
     print_config,
     print_summary,
@@ -22,7 +22,6 @@ from nonllama.cli import (
 
 
 @app.command("filter")
-@friendly_errors
 def filter_command(
     input_dir: Annotated[Path | None, typer.Option("-i", "--input", help="Input directory [default: <workdir>/normalized].")] = None,
     output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory [default: <workdir>/filtered].")] = None,
@@ -34,9 +33,11 @@ def filter_command(
     report: Annotated[Path | None, typer.Option("--report", help="Also draw one histogram per rule (PNG) into this directory.")] = None,
     workers: WorkersOpt = 1,
     force: ForceOpt = False,
+    verify_input: VerifyInputOpt = False,
 ) -> None:
     """Quality rules (Gopher, C4, FineWeb, BigScience, fastText language id); every drop says why."""
     from nonllama.pipeline.filter import (
+        check_language_codes,
         config_from_dict,
         config_to_dict,
         draw_report,
@@ -48,6 +49,7 @@ def filter_command(
         values["languages"] = [code.strip() for code in languages.split(",") if code.strip()]
         if not values["languages"]:
             raise ValueError(f"--languages {languages!r}: no language code given")
+        check_language_codes(values["languages"], f"--languages {languages}")
     if stats_only:
         values["stats_only"] = True
     config = config_from_dict(values)
@@ -56,7 +58,7 @@ def filter_command(
         return
     inp, out = stage_dirs(workdir, "normalized", "filtered", input_dir, output_dir)
     assert inp is not None
-    run = run_filter(inp, out, config, workers=workers, force=force, console=console)
+    run = run_filter(inp, out, config, workers=workers, force=force, verify_input=verify_input, console=console)
     print_summary(run, "filter")  # with drops per reason and source, and line-cleaning counts
     if report is not None:
         written = draw_report(out, report, config)

@@ -8,11 +8,10 @@ from typing import Annotated
 
 import typer
 
-from nonllama.cli import app, console, friendly_errors
+from nonllama.cli import app, console
 
 
 @app.command()
-@friendly_errors
 def generate(
     prompts: Annotated[list[str] | None, typer.Argument(help="Prompts, one sample each ('-': one per line of stdin). None: start from BOS.", show_default=False)] = None,
     run: Annotated[Path | None, typer.Option("--run", help="Run directory of `nonllama train` (e.g. work/runs/15m).")] = None,
@@ -20,7 +19,7 @@ def generate(
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="tokenizer.model \\[default: the run's copy].")] = None,
     file: Annotated[Path | None, typer.Option("--file", help="Read prompts from this file, one per line (blank lines skipped).")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate at most per sample.")] = 256,
-    temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature; 0 is greedy.")] = 1.0,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="Softmax temperature, >= 0; 0 is greedy \\[default: 1.0].", show_default=False)] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Sample from the k most likely tokens only.")] = None,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling: the smallest set of tokens with this much probability; 1 turns it off.")] = 0.9,
     greedy: Annotated[bool, typer.Option("--greedy", help="Always the most likely token (same as --temperature 0).")] = False,
@@ -46,8 +45,12 @@ def generate(
         saved_samples,
     )
 
-    sampling = Sampling(max_new_tokens, 0.0 if greedy else temperature, top_k, top_p, seed)
+    sampling = Sampling(max_new_tokens, 1.0 if temperature is None else temperature, top_k, top_p, seed)
     sampling.check()
+    if greedy:
+        if temperature not in (None, 0):  # two answers to one question: refuse rather than pick one
+            raise ValueError(f"--greedy and --temperature {temperature:g}: give one (--greedy is --temperature 0)")
+        sampling.temperature = 0.0
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     texts = read_prompts(list(prompts or []), file)

@@ -9,11 +9,11 @@ import typer
 
 from nonllama.cli import (
     ForceOpt,
+    VerifyInputOpt,
     WorkdirOpt,
     WorkersOpt,
     app,
     console,
-    friendly_errors,
     load_stage_config,
     print_config,
     print_summary,
@@ -22,7 +22,6 @@ from nonllama.cli import (
 
 
 @app.command()
-@friendly_errors
 def normalize(
     input_dir: Annotated[Path | None, typer.Option("-i", "--input", help="Input directory [default: <workdir>/raw].")] = None,
     output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory [default: <workdir>/normalized].")] = None,
@@ -31,6 +30,7 @@ def normalize(
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the effective config as TOML and exit.")] = False,
     workers: WorkersOpt = 1,
     force: ForceOpt = False,
+    verify_input: VerifyInputOpt = False,
 ) -> None:
     """Repair mojibake, NFKC, strip invisible characters, unify whitespace and punctuation."""
     from nonllama.pipeline.normalize import config_from_dict, config_to_dict, run_normalize
@@ -41,5 +41,5 @@ def normalize(
         return
     inp, out = stage_dirs(workdir, "raw", "normalized", input_dir, output_dir)
     assert inp is not None
-    run = run_normalize(inp, out, config, workers=workers, force=force, console=console)
+    run = run_normalize(inp, out, config, workers=workers, force=force, verify_input=verify_input, console=console)
     print_summary(run, "normalize")

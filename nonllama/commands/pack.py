@@ -8,13 +8,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nonllama.cli import ForceOpt, WorkdirOpt, WorkersOpt, app, console, friendly_errors, stage_dirs
+from nonllama.cli import (
+    ForceOpt,
+    VerifyInputOpt,
+    WorkdirOpt,
+    WorkersOpt,
+    app,
+    console,
+    print_notices,
+    stage_dirs,
+)
 from nonllama.commands.train_tokenizer import split_list
 from nonllama.pipeline.io import StageRun
 
 
 @app.command()
-@friendly_errors
 def pack(
     input_dir: Annotated[Path | None, typer.Option("-i", "--input", help="Input directory (any finished document stage) [default: <workdir>/deduped].")] = None,
     output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory [default: <workdir>/packed].")] = None,
@@ -28,6 +36,7 @@ def pack(
     window_tokens: Annotated[int, typer.Option("--window-tokens", min=1, help="With --inspect: tokens per window.")] = 64,
     workers: WorkersOpt = 1,
     force: ForceOpt = False,
+    verify_input: VerifyInputOpt = False,
 ) -> None:
     """Encode every document into train.bin / val.bin (flat tokens, EOS after each) and index.parquet."""
     from nonllama.pipeline.pack import PackConfig, inspect_packed, parse_mix, run_pack
@@ -42,7 +51,9 @@ def pack(
     config = PackConfig(val_fraction=val_fraction, mix=parse_mix(split_list(mix)), seed=seed or 0)
     inp, out = stage_dirs(workdir, "deduped", "packed", input_dir, output_dir)
     assert inp is not None
-    run = run_pack(inp, tokenizer_dir or workdir / "tokenizer", out, config, workers=workers, force=force, console=console)
+    run = run_pack(inp, tokenizer_dir or workdir / "tokenizer", out, config, workers=workers, force=force,
+                   verify_input=verify_input, console=console)
+    print_notices(run, "pack")
     print_pack_summary(run)
 
 

@@ -7,11 +7,10 @@ from typing import Annotated
 
 import typer
 
-from nonllama.cli import WorkdirOpt, app, console, friendly_errors
+from nonllama.cli import WorkdirOpt, app, console
 
 
 @app.command()
-@friendly_errors
 def report(
     workdir: WorkdirOpt = Path("work"),
     output: Annotated[Path, typer.Option("-o", "--output", help="report.html (one self-contained file) or report.md (figures in report_files/).")] = Path("report.html"),

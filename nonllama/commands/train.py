@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from nonllama.cli import WorkdirOpt, app, console, friendly_errors, load_stage_config
+from nonllama.cli import WorkdirOpt, app, console, load_stage_config
+from nonllama.pipeline.dirs import DirLock, check_not_nested
 from nonllama.train.config import TrainConfig
 
 D = TrainConfig()  # the defaults, for the help text (options left out keep None: "not given")
@@ -21,7 +23,6 @@ def _opt(*names: str, help: str, default: object = None) -> typer.models.OptionI
 
 
 @app.command()
-@friendly_errors
 def train(
     data: Annotated[Path | None, _opt("--data", help="The packed/ directory to read.", default="<workdir>/packed")] = None,
     out: Annotated[Path | None, _opt("-o", "--out", help="Run directory.", default="<workdir>/runs/<name>")] = None,
@@ -74,42 +75,56 @@ def train(
         if key in given:
             given[key] = str(given[key])
     file_values = load_stage_config(config_file, "train")
-    if auto_resume:
-        if resume:
-            raise ValueError("--resume and --auto-resume: give one")
-        resume = _auto_resume(resolve(file_values, given, workdir=workdir, name=name, resume=False), nproc * nnodes,
-                              show_config, in_worker())
-        if resume is None:
+    if auto_resume and resume:
+        raise ValueError("--resume and --auto-resume: give one")
+    base = resolve(file_values, given, workdir=workdir, name=name, resume=False)
+    with ExitStack() as held:
+        if not show_config and not in_worker():  # the ranks of a launched run are under their launcher's lock
+            print_notices(held.enter_context(_claim_run(base)))
+        if auto_resume:
+            resume = _auto_resume(base, nproc * nnodes, show_config, in_worker())
+            if resume is None:
+                return
+        config = resolve(file_values, given, workdir=workdir, name=name, resume=resume)
+        if show_config:
+            print(to_toml(config), end="")
             return
-    config = resolve(file_values, given, workdir=workdir, name=name, resume=resume)
-    if show_config:
-        print(to_toml(config), end="")
-        return
-    if (nproc > 1 or nnodes > 1) and not in_worker():
-        from nonllama.train.data import PackedData
-        from nonllama.train.loop import prepare_run
+        if (nproc > 1 or nnodes > 1) and not in_worker():
+            from nonllama.train.data import PackedData
+            from nonllama.train.loop import prepare_run
 
-        prepare_run(config, resume)  # the user's mistakes, caught once, before N processes start
-        PackedData(Path(config.data))
-        code = launch(config, resume, nproc, nnodes, node_rank, master_addr, master_port)
-        if code:
-            console.print(f"[bold red]error:[/] training failed (exit code {code}); "
-                          f"the last checkpoint in {config.out} is resumable with --resume", highlight=False, soft_wrap=True)
-            raise typer.Exit(code)
-        if node_rank == 0:
+            prepare_run(config, resume)  # the user's mistakes, caught once, before N processes start
+            PackedData(Path(config.data)).verify()
+            code = launch(config, resume, nproc, nnodes, node_rank, master_addr, master_port)
+            if code:
+                console.print(f"[bold red]error:[/] training failed (exit code {code}); "
+                              f"the last checkpoint in {config.out} is resumable with --resume", highlight=False, soft_wrap=True)
+                raise typer.Exit(code)
+            if node_rank == 0:
+                print_summary(Path(config.out))
+            return
+
+        from nonllama.train.loop import train as run_training
+
+        try:
+            summary = run_training(config, resume=resume, console=console)
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted[/]: checkpoints are complete files; "
+                          f"continue from the last one with --resume --out {config.out}", highlight=False)
+            raise typer.Exit(130) from None
+        if summary.get("checkpoint") and os.environ.get(LAUNCHED_ENV) != "1":
             print_summary(Path(config.out))
-        return
 
-    from nonllama.train.loop import train as run_training
 
-    try:
-        summary = run_training(config, resume=resume, console=console)
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: checkpoints are complete files; "
-                      f"continue from the last one with --resume --out {config.out}", highlight=False)
-        raise typer.Exit(130) from None
-    if summary.get("checkpoint") and os.environ.get(LAUNCHED_ENV) != "1":
-        print_summary(Path(config.out))
+def _claim_run(config: TrainConfig) -> DirLock:
+    """One `nonllama train` at a time in a run directory, which may not be inside its data (or hold it)."""
+    check_not_nested(Path(config.out), [Path(config.data)], "--out")
+    return DirLock(Path(config.out), "train", what="--out")
+
+
+def print_notices(lock: DirLock) -> None:
+    for notice in lock.notices:
+        console.print(f"[yellow]train[/]: {notice}", highlight=False, soft_wrap=True)
 
 
 def _auto_resume(config: TrainConfig, world_size: int, dry_run: bool, worker: bool) -> bool | None:

@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nonllama.cli import ForceOpt, WorkdirOpt, app, console, friendly_errors, stage_dirs
+from nonllama.cli import (
+    ForceOpt,
+    VerifyInputOpt,
+    WorkdirOpt,
+    app,
+    console,
+    print_notices,
+    stage_dirs,
+)
 from nonllama.pipeline.io import StageRun
 
 
@@ -18,7 +26,6 @@ def split_list(values: list[str] | None) -> list[str]:
 
 
 @app.command("train-tokenizer")
-@friendly_errors
 def train_tokenizer(
     input_dir: Annotated[Path | None, typer.Option("-i", "--input", help="Input directory (any finished document stage) [default: <workdir>/deduped].")] = None,
     output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory [default: <workdir>/tokenizer].")] = None,
@@ -31,6 +38,7 @@ def train_tokenizer(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sample.")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=1, help="SentencePiece threads (the model depends on it: same threads, same bytes).")] = 8,
     force: ForceOpt = False,
+    verify_input: VerifyInputOpt = False,
 ) -> None:
     """Train a SentencePiece tokenizer (byte fallback, lossless) on a sample of the corpus."""
     from nonllama.pipeline.tokenizer import TokenizerConfig, parse_size, run_train_tokenizer
@@ -46,7 +54,8 @@ def train_tokenizer(
     )
     inp, out = stage_dirs(workdir, "deduped", "tokenizer", input_dir, output_dir)
     assert inp is not None
-    run = run_train_tokenizer(inp, out, config, force=force, console=console)
+    run = run_train_tokenizer(inp, out, config, force=force, verify_input=verify_input, console=console)
+    print_notices(run, "train-tokenizer")
     print_tokenizer_summary(run)
 
 

@@ -41,22 +41,21 @@ import xxhash
 from rich.console import Console
 
 from nonllama.pipeline import minhash
+from nonllama.pipeline.dirs import StageInput, open_input
+from nonllama.pipeline.driver import (
+    ShardResult,
+    ShardTask,
+    merge_counts,
+    process_shard,
+    run_claimed,
+)
 from nonllama.pipeline.io import (
     DEFAULT_BATCH_ROWS,
     Reporter,
-    ShardResult,
-    ShardTask,
     StageRun,
-    is_up_to_date,
     iter_part_batches,
-    json_digest,
-    list_parts,
-    merge_counts,
-    process_shard,
-    read_manifest,
     read_parts,
     require_finished,
-    reset_output,
     run_tasks,
     write_manifest,
 )
@@ -92,21 +91,41 @@ class DedupConfig:
     paragraphs: bool = False
     paragraph_max_docs: int = 5  # a line in more documents than this is cut
 
+    # (class constants, not fields: no annotation)
+    # Tokens per shingle, at most. Published pipelines use 5 (datatrove) to 13 (SlimPajama,
+    # GPT-3's overlap test) words. A document shorter than n tokens is one single shingle, so
+    # below n tokens (a tweet, a Chinese paragraph counted in characters) near-duplicate
+    # degenerates into exact-duplicate, and a copy with one edit every n tokens shares no
+    # shingle with its original: past 32, near duplicates of ordinary text go unfound.
+    MAX_NGRAM = 32
+    # MinHash permutations. The Jaccard estimate's standard error is sqrt(J(1 - J) / num_perm),
+    # 0.0125 at 1024 and J = 0.8: more buys nothing measurable, while the signatures cost 4 bytes
+    # per permutation and document, and choosing (bands, rows) evaluates every pair with
+    # bands x rows <= num_perm (0.3 GB and 2 s at 1024, growing faster than num_perm).
+    MAX_NUM_PERM = 1024
+
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"--threshold must be in (0, 1], got {self.threshold}")
-        if self.num_perm < 2:
-            raise ValueError(f"--num-perm must be at least 2, got {self.num_perm}")
-        if self.ngram < 1:
-            raise ValueError(f"--ngram must be at least 1, got {self.ngram}")
+        self.validate()  # a DedupConfig is never out of range, however it was built
+
+    def validate(self) -> None:
+        """Raise ValueError naming the option and its allowed range for any value out of range."""
+        if not 0.0 < self.threshold <= 1.0:  # NaN fails too
+            raise ValueError(f"--threshold {self.threshold:g}: must be in (0, 1] (a Jaccard similarity)")
         if not 0.0 <= self.fp_weight <= 1.0:
-            raise ValueError(f"--fp-weight must be in [0, 1], got {self.fp_weight}")
+            raise ValueError(f"--fp-weight {self.fp_weight:g}: must be in [0, 1]")
+        if not 2 <= self.num_perm <= self.MAX_NUM_PERM:
+            raise ValueError(f"--num-perm {self.num_perm}: must be in [2, {self.MAX_NUM_PERM}] (MinHash permutations)")
+        if not 1 <= self.ngram <= self.MAX_NGRAM:
+            raise ValueError(f"--ngram {self.ngram}: must be in [1, {self.MAX_NGRAM}] (tokens per shingle: words, or "
+                             "characters of Chinese); a document shorter than that is a single shingle")
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"--seed {self.seed}: must be in [0, 2**64)")
         if self.paragraph_max_docs < 1:
-            raise ValueError(f"--paragraph-max-docs must be at least 1, got {self.paragraph_max_docs}")
+            raise ValueError(f"--paragraph-max-docs {self.paragraph_max_docs}: must be at least 1")
         for name in ("bands", "rows"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"--{name} must be at least 1, got {value}")
+            if value is not None and not 1 <= value <= self.num_perm:
+                raise ValueError(f"--{name} {value}: must be in [1, --num-perm {self.num_perm}]")
         bands, rows = self.lsh
         if bands * rows > self.num_perm:
             raise ValueError(
@@ -424,24 +443,28 @@ def run_dedup(
     *,
     workers: int = 1,
     force: bool = False,
+    verify_input: bool = False,
     console: Console | None = None,
-    previous: str = PREVIOUS,
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> StageRun:
     """Deduplicate every part of `input_dir` (a filter output) into `output_dir`."""
     started = time.time()
+    config.validate()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    input_manifest = require_finished(input_dir, previous)
-    digest = input_manifest.get("output_digest") or json_digest(input_manifest)
-    config_dict = config.to_dict()
-    if not force and is_up_to_date(output_dir, STAGE, digest, config_dict):
-        return StageRun(read_manifest(output_dir) or {}, True, output_dir)
+    inp = open_input(input_dir, stage=STAGE, verify=verify_input)
+    return run_claimed(
+        STAGE, output_dir, inputs=[input_dir], input_digest=inp.digest, config=config.to_dict(), force=force,
+        work=lambda: _deduplicate(inp, output_dir, config, started, workers, console, batch_rows),
+    )
 
-    parts = list_parts(input_dir)
-    reset_output(output_dir)
+
+def _deduplicate(inp: StageInput, output_dir: Path, config: DedupConfig, started: float, workers: int,
+                 console: Console | None, batch_rows: int) -> dict:
+    """The passes of dedup over a claimed, empty `output_dir`; returns the manifest written."""
+    parts = inp.paths
     scratch = output_dir / SCRATCH_DIR
     scratch.mkdir(parents=True)
-    total = input_manifest.get("rows_out")
+    total = inp.rows
 
     def tasks(**extra: Any) -> list[PartTask]:
         return [PartTask(i, p, scratch, config, batch_rows=batch_rows, **extra) for i, p in enumerate(parts)]
@@ -478,15 +501,15 @@ def run_dedup(
         for i, p in enumerate(parts)
     ]
     results: list[ShardResult] = run(process_shard, shard_tasks, "write")
-    counts = merge_counts(results, f"{STAGE} {input_dir} -> {output_dir}")
+    counts = merge_counts(results, f"{STAGE} {inp.dir} -> {output_dir}")
     shutil.rmtree(scratch)
     stats[EMPTY] = counts.drop_reasons.get(EMPTY, 0)
     stats["bands"], stats["rows"] = config.lsh
-    manifest = write_manifest(
+    return write_manifest(
         output_dir,
         stage=STAGE,
-        config=config_dict,
-        input_info={"dir": str(input_dir), "stage": input_manifest.get("stage"), "digest": digest},
+        config=config.to_dict(),
+        input_info={"dir": str(inp.dir), "stage": inp.stage, "digest": inp.digest},
         counts=counts,
         parts=[r.part for r in results],
         side_dir=SIDE_DIR,
@@ -494,7 +517,6 @@ def run_dedup(
         started=started,
         extra={"dedup": stats},
     )
-    return StageRun(manifest, False, output_dir)
 
 
 def _write_decisions(decisions: Decisions, parts: list[Path], offsets: np.ndarray, scratch: Path) -> None:

@@ -18,13 +18,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
+from array import array
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
 
+from nonllama.pipeline.driver import run_claimed
 from nonllama.pipeline.io import (
     CACHE_DIR_NAME,
     DOCUMENT_SCHEMA,
@@ -35,11 +41,8 @@ from nonllama.pipeline.io import (
     StageRun,
     atomic_path,
     describe_part,
-    is_up_to_date,
     json_digest,
     part_name,
-    read_manifest,
-    reset_output,
     run_tasks,
     write_manifest,
 )
@@ -92,6 +95,7 @@ class TaskOutput:
     chunks: list[tuple[Path, int, int]]  # path, rows, chars
     quarantine: Path | None
     counts: Counts
+    id_hashes: np.ndarray  # xxh3-64 of every document id, for the uniqueness check
 
 
 # --------------------------------------------------------------------------- resolving sources
@@ -121,8 +125,13 @@ def _stem(filename: str) -> str:
     return filename.split(".")[0]
 
 
-def resolve_source(spec: str, config: DownloadConfig) -> list[SourceFile]:
-    """A SOURCE argument -> the files to read, in a stable order."""
+def resolve_source(spec: str, config: DownloadConfig, skipped: list[str] | None = None) -> list[SourceFile]:
+    """A SOURCE argument -> the files to read, in a stable order.
+
+    `skipped` collects "path: why" for local paths passed over (symlink loops, a file reached
+    twice, files no reader handles)."""
+    if not spec.strip():
+        raise SourceError("an empty SOURCE was given (a file, directory, glob, hf:OWNER/NAME, URL or 'sample')")
     if spec == SAMPLE_SOURCE and not Path(spec).exists():
         return [SourceFile("sample", SAMPLE_SOURCE, "sample", fingerprint=f"sample:{config.seed}")]
     if spec.startswith("hf:"):
@@ -143,30 +152,121 @@ def resolve_source(spec: str, config: DownloadConfig) -> list[SourceFile]:
     from nonllama.pipeline.readers import expand_local
 
     files = []
-    for path, key in expand_local(spec):
+    for path, key in expand_local(spec, skipped=skipped):
         stat = path.stat()
         files.append(
             SourceFile("local", str(path), key, fingerprint=f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
         )
+    if skipped is not None:
+        skipped.extend(f"{path}: no reader for this file type" for path in unsupported_files(spec))
     return files
 
 
-def unsupported_files(spec: str, files: list[SourceFile]) -> list[str]:
+def local_root(spec: str) -> Path | None:
+    """The local path a SOURCE reads below (a glob's fixed leading folder), None if not local."""
+    if (spec == SAMPLE_SOURCE and not Path(spec).exists()) or spec.startswith("hf:") or "://" in spec \
+            or not spec.strip():
+        return None
+    from nonllama.pipeline.readers import glob_base
+
+    path = Path(os.path.expanduser(spec))
+    return glob_base(path) if any(ch in spec for ch in "*?[") else path
+
+
+def unsupported_files(spec: str) -> list[str]:
     """Files in a directory SOURCE that no reader handles: reported, never dropped silently."""
-    directory = Path(spec)
+    from nonllama.pipeline.readers import is_supported
+
+    directory = Path(os.path.expanduser(spec))
     if not directory.is_dir():
         return []
-    read = {Path(f.location).resolve() for f in files}
-    return sorted(
-        str(p)
-        for p in directory.rglob("*")
-        if p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
-        and p.resolve() not in read
-    )
+    found = []
+    for dirpath, dirnames, filenames in os.walk(directory):  # symlinked folders are not entered
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(str(Path(dirpath, n)) for n in filenames if not n.startswith(".") and not is_supported(n))
+    return sorted(found)
 
 
-def plan_tasks(config: DownloadConfig, output_dir: Path) -> list[DownloadTask]:
+@dataclass
+class _Source:
+    """One SOURCE argument on its way to tasks: its label and files."""
+
+    index: int
+    spec: str
+    label: str | None  # None: the sample labels each document by its language
+    files: list[SourceFile]
+
+
+def _unique_labels(sources: list[_Source]) -> None:
+    """Two default labels that are the same (`y2023/train.jsonl`, `y2024/train.jsonl`) become the
+    paths that tell them apart (`y2023-train`, `y2024-train`), else get a number."""
+    by_label: dict[str | None, list[_Source]] = {}
+    for source in sources:
+        by_label.setdefault(source.label, []).append(source)
+    for label, group in by_label.items():
+        if label is None or len(group) < 2:
+            continue
+        roots = [local_root(s.spec) for s in group]
+        if all(roots):
+            absolute = [str(Path(r).resolve()) for r in roots if r is not None]
+            common = os.path.commonpath(absolute)
+            for source, path in zip(group, absolute, strict=True):
+                relative = Path(os.path.relpath(path, common))
+                named = "-".join([*relative.parent.parts, _stem(relative.name)]).strip("-.")
+                source.label = named or source.label
+    taken: dict[str | None, int] = {}
+    for source in sources:
+        if source.label is None:
+            continue
+        n = taken.get(source.label, 0)
+        taken[source.label] = n + 1
+        if n:
+            source.label = f"{source.label}-{n + 1}"
+
+
+def _unique_keys(sources: list[_Source]) -> None:
+    """Files of one label from different sources that share a key (`--name x` over `a/train.jsonl`
+    and `b/train.jsonl`) are keyed by their path below the common folder instead, so ids differ."""
+    by_label: dict[str | None, list[_Source]] = {}
+    for source in sources:
+        by_label.setdefault(source.label, []).append(source)
+    for label, group in by_label.items():
+        keys = [f.key for s in group for f in s.files]
+        if len(keys) == len(set(keys)):
+            continue
+        local = [f for s in group for f in s.files if f.kind == "local"]
+        common = os.path.commonpath([str(Path(f.location).resolve()) for f in local]) if local else ""
+        for source in group:
+            for f in source.files:
+                if f.kind == "local":
+                    f.key = Path(os.path.relpath(Path(f.location).resolve(), common)).as_posix()
+                else:
+                    f.key = f"{source.index + 1}/{f.key}"
+        keys = [f.key for s in group for f in s.files]
+        if len(keys) != len(set(keys)):
+            repeated = next(k for k in keys if keys.count(k) > 1)
+            raise SourceError(f"source {label!r}: two files would get the document ids {label}/{repeated}#N; "
+                              "give the sources different --name labels")
+
+
+def _refuse_repeated_files(sources: list[_Source], labelled: bool) -> None:
+    """A file given twice (`a.jsonl a.jsonl`, or `data data/sub`) would repeat its documents: refused,
+    unless each source has a label of its own from --name (reading a corpus twice on purpose)."""
+    first: dict[str, tuple[_Source, SourceFile]] = {}
+    for source in sources:
+        for f in source.files:
+            identity = f.fingerprint.rsplit(":", 2)[0] if f.kind == "local" else f.fingerprint
+            if identity in first:
+                other, other_file = first[identity]
+                if labelled and other.label != source.label:
+                    continue
+                raise SourceError(f"{f.location} is read twice: by SOURCE {other.spec!r} (as {other_file.location}) "
+                                  f"and by SOURCE {source.spec!r}; give each file once (or each source its own "
+                                  "--name to read it twice on purpose)")
+            first[identity] = (source, f)
+
+
+def plan_tasks(config: DownloadConfig, output_dir: Path, skipped: list[str] | None = None) -> list[DownloadTask]:
     if not config.sources:
         raise SourceError("no SOURCE given (try `nonllama download sample`)")
     names = config.names
@@ -175,22 +275,33 @@ def plan_tasks(config: DownloadConfig, output_dir: Path) -> list[DownloadTask]:
             f"--name was given {len(names)} times for {len(config.sources)} sources: "
             "give it once (one label for all) or once per source"
         )
-    work_dir = output_dir / ".tmp"
-    cache_dir = output_dir / CACHE_DIR_NAME
-    tasks: list[DownloadTask] = []
+    for name in names:
+        if not name.strip() or "#" in name:
+            raise SourceError(f"--name {name!r}: a label must be non-empty and without '#' (it starts document ids)")
+    sources = []
     for i, spec in enumerate(config.sources):
-        files = resolve_source(spec, config)
+        files = resolve_source(spec, config, skipped)
         if names:
             label: str | None = names[i] if len(names) > 1 else names[0]
         else:
             label = None if files and files[0].kind == "sample" else source_label(spec)
+        sources.append(_Source(i, spec, label, files))
+    _refuse_repeated_files(sources, labelled=len(names) == len(config.sources) > 1)
+    if not names:
+        _unique_labels(sources)
+    _unique_keys(sources)
+
+    work_dir = output_dir / ".tmp"
+    cache_dir = output_dir / CACHE_DIR_NAME
+    tasks: list[DownloadTask] = []
+    for source in sources:
         # With --max-docs a source is read in order until it has enough, so it is one task;
         # otherwise every file is a task of its own and the pool spreads them.
-        groups = [files] if config.max_docs is not None else [[f] for f in files]
+        groups = [source.files] if config.max_docs is not None else [[f] for f in source.files]
         for group in groups:
             n = len(tasks)
             tasks.append(
-                DownloadTask(n, label, group, config.max_docs, config, work_dir / f"task-{n:05d}", cache_dir)
+                DownloadTask(n, source.label, group, config.max_docs, config, work_dir / f"task-{n:05d}", cache_dir)
             )
     return tasks
 
@@ -236,6 +347,7 @@ def read_task(task: DownloadTask, report: Reporter) -> TaskOutput:
     quarantine_path = task.work_dir / QUARANTINE_NAME
     quarantine = None
     unreported_docs = unreported_bytes = 0
+    id_hashes = array("Q")
 
     def flush() -> None:
         nonlocal writer
@@ -274,9 +386,11 @@ def read_task(task: DownloadTask, report: Reporter) -> TaskOutput:
                     counts.add_source(task.source or "sample", rows_in=1)
                     continue
                 label = task.source or f"sample-{rec.meta.get('lang', 'xx')}"
+                doc_id = f"{label}/{file.key}#{rec.position}"
+                id_hashes.append(xxhash.xxh3_64_intdigest(doc_id.encode("utf-8", "surrogatepass")))
                 rows.append(
                     {
-                        "id": f"{label}/{file.key}#{rec.position}",
+                        "id": doc_id,
                         "text": rec.text,
                         "source": label,
                         "meta": json.dumps(rec.meta, ensure_ascii=False, sort_keys=True) if rec.meta else None,
@@ -307,7 +421,8 @@ def read_task(task: DownloadTask, report: Reporter) -> TaskOutput:
     finally:
         if quarantine is not None:
             quarantine.close()
-    return TaskOutput(chunks, quarantine_path if quarantine is not None else None, counts)
+    hashes = np.frombuffer(id_hashes, dtype=np.uint64) if id_hashes else np.zeros(0, np.uint64)
+    return TaskOutput(chunks, quarantine_path if quarantine is not None else None, counts, hashes)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -324,25 +439,26 @@ def run_download(
     """Read every source into `output_dir`; a no-op when the sources and config are unchanged."""
     started = time.time()
     output_dir = Path(output_dir)
-    tasks = plan_tasks(config, output_dir)
-    skipped = [
-        path
-        for spec in config.sources
-        for path in unsupported_files(spec, [f for t in tasks for f in t.files])
-    ]
+    skipped: list[str] = []
+    tasks = plan_tasks(config, output_dir, skipped)
     fingerprints = [[f.fingerprint for f in t.files] for t in tasks]
     digest = json_digest(fingerprints)
-    effective = asdict(config)
-    if not force and is_up_to_date(output_dir, STAGE, digest, effective):
-        return StageRun(read_manifest(output_dir) or {}, True, output_dir)
     if not any(t.files for t in tasks):
         raise SourceError("the sources contain no files to read")
+    local = [root for spec in config.sources if (root := local_root(spec)) is not None]
 
-    reset_output(output_dir)
-    results: list[TaskOutput] = run_tasks(
-        read_task, tasks, workers=workers, description=STAGE, total_docs=None, console=console
-    )
+    def work() -> dict:
+        results = run_tasks(read_task, tasks, workers=workers, description=STAGE, total_docs=None, console=console)
+        return _assemble(results, tasks, output_dir, config, digest, skipped, started)
 
+    return run_claimed(STAGE, output_dir, inputs=local, input_digest=digest, config=asdict(config), force=force,
+                       work=work)
+
+
+def _assemble(results: list[TaskOutput], tasks: list[DownloadTask], output_dir: Path, config: DownloadConfig,
+              digest: str, skipped: list[str], started: float) -> dict:
+    """The tasks' chunks renamed into parts in task order, their quarantines joined, the manifest."""
+    _check_unique_ids(results, tasks)
     counts = Counts()
     parts: list[dict] = []
     with atomic_path(output_dir / QUARANTINE_NAME) as quarantine_tmp:
@@ -359,14 +475,12 @@ def run_download(
         PartWriter(output_dir / part_name(0), DOCUMENT_SCHEMA).close()
         parts.append(describe_part(output_dir / part_name(0), 0, 0))
     counts.check_balance(f"download -> {output_dir}")
-    import shutil
-
     shutil.rmtree(output_dir / ".tmp", ignore_errors=True)
-    manifest = write_manifest(
+    return write_manifest(
         output_dir,
         stage=STAGE,
-        config=effective,
-        input_info={"sources": config.sources, "files": sum(len(f) for f in fingerprints), "digest": digest},
+        config=asdict(config),
+        input_info={"sources": config.sources, "files": sum(len(t.files) for t in tasks), "digest": digest},
         counts=counts,
         parts=parts,
         side_dir=None,
@@ -377,4 +491,26 @@ def run_download(
             "skipped_files": skipped,
         },
     )
-    return StageRun(manifest, False, output_dir)
+
+
+def _check_unique_ids(results: list[TaskOutput], tasks: list[DownloadTask]) -> None:
+    """Refuse to finish when a document id repeats: a later stage's `duplicate_of`, pack's index and
+    the report's accounting all name documents by id. 8 bytes per document in this process."""
+    hashes = np.sort(np.concatenate([r.id_hashes for r in results])) if results else np.zeros(0, np.uint64)
+    repeated = set(np.unique(hashes[1:][hashes[1:] == hashes[:-1]]).tolist())
+    if not repeated:
+        return
+    # 64-bit hashes of distinct ids can collide (rarely, on huge corpora): compare the ids themselves
+    first_seen: dict[str, int] = {}
+    for i, result in enumerate(results):
+        if not np.isin(result.id_hashes, list(repeated)).any():
+            continue
+        for chunk, _, _ in result.chunks:
+            for doc_id in pq.read_table(chunk, columns=["id"]).column("id").to_pylist():
+                if xxhash.xxh3_64_intdigest(doc_id.encode("utf-8", "surrogatepass")) not in repeated:
+                    continue
+                if doc_id in first_seen:
+                    files = {f.location for t in (tasks[first_seen[doc_id]], tasks[i]) for f in t.files}
+                    raise StageError(f"document id {doc_id!r} is given to two documents (read from "
+                                     f"{' and '.join(sorted(files))}); give the sources different --name labels")
+                first_seen[doc_id] = i

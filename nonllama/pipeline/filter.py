@@ -48,14 +48,17 @@ import numpy as np
 import polars as pl
 from rich.console import Console
 
+from nonllama.pipeline.driver import run_shard_stage
 from nonllama.pipeline.filter_rules import (
     GOPHER_DUP_NS,
     GOPHER_TOP_NS,
+    HAN_ONLY_AS_ZH,
+    LID_LANGUAGES,
     VALUE_FIELDS,
     clean_lines,
     rule_values,
 )
-from nonllama.pipeline.io import StageRun, list_parts, read_manifest, run_shard_stage
+from nonllama.pipeline.io import StageRun, list_parts, read_manifest
 
 STAGE = "filter"
 SIDE_DIR = "rejected"
@@ -139,12 +142,125 @@ class FilterConfig:
     # compute and record every value, drop nothing (`--stats-only`)
     stats_only: bool = False
 
+    def validate(self) -> None:
+        """Raise ValueError naming the key and its allowed range for any value out of range.
+
+        Every field is checked: a threshold out of range does not fail on its own, it silently
+        drops every document (or none), so the stage calls this before reading any data.
+        """
+        defaults = FilterConfig()
+        for f in fields(self):
+            if isinstance(getattr(defaults, f.name), bool) and not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"filter config {f.name!r} = {getattr(self, f.name)!r}: must be true or false")
+        for key, (lo, hi, why) in _RANGES.items():
+            _check_range(key, getattr(self, key), lo, hi, why)
+        for key, ns in (("gopher_max_top_ngram_char_frac", GOPHER_TOP_NS),
+                        ("gopher_max_dup_ngram_char_frac", GOPHER_DUP_NS)):
+            values = getattr(self, key)
+            if not isinstance(values, (list, tuple)) or len(values) != len(ns):
+                raise ValueError(f"filter config {key!r} = {values!r}: needs {len(ns)} values, "
+                                 f"one for each n of {', '.join(map(str, ns))}")
+            for n, value in zip(ns, values, strict=True):
+                _check_range(key, value, 0.0, 1.0, "a share of characters", within=(values, f"{n}-gram threshold"))
+        for low, high in (("word_count_min", "word_count_max"),
+                          ("gopher_min_mean_word_length", "gopher_max_mean_word_length")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"filter config {low!r} = {getattr(self, low):g} is above {high!r} = "
+                                 f"{getattr(self, high):g}: every document would be dropped")
+        if not isinstance(self.languages, (list, tuple)) or not all(isinstance(c, str) for c in self.languages):
+            raise ValueError(f"filter config 'languages' = {self.languages!r}: must be a list of language codes")
+        if self.language and not self.languages:
+            raise ValueError("filter config 'languages': empty list; set `language = false` to keep every language")
+        check_language_codes(self.languages, "filter config 'languages'")
+
+
+# Allowed range of every number of FilterConfig: (lowest, highest, what it is). Shares and
+# fractions are in [0, 1]; counts and lengths are >= 0, or >= 1 where 0 would make a rule
+# drop everything or nothing without saying so.
+_RANGES: dict[str, tuple[float, float, str]] = {
+    "c4_min_words_per_line": (0, math.inf, "words; 0 turns the rule off"),
+    "c4_max_word_length": (0, math.inf, "characters; 0 turns the rule off"),
+    "c4_min_sentences": (0, math.inf, "sentences; 0 turns the rule off"),
+    "word_count_min": (0, math.inf, "words"),
+    "word_count_max": (1, math.inf, "words"),
+    "language_min_score": (0.0, 1.0, "a fastText probability"),
+    # fastText reads this many characters of each document; 0 would give every document the
+    # empty label and drop it
+    "language_max_chars": (1, math.inf, "characters"),
+    "flagged_words_max_ratio": (0.0, 1.0, "a share of words"),
+    "special_chars_max_ratio": (0.0, 1.0, "a share of non-space characters"),
+    # Character n-grams: 10 in BigScience ROOTS. One more character per n is one more pass over
+    # the batch, and past 100 characters (a long sentence) an n-gram repeats only where whole
+    # sentences do, which the Gopher duplicate-line and n-gram rules already measure.
+    "char_repetition_n": (1, 100, "characters per n-gram"),
+    "char_repetition_max_ratio": (0.0, 1.0, "a share of character n-grams"),
+    # Word n-grams: past 50 words (a paragraph) most documents have no n-gram at all, and the
+    # rule passes them all without a value
+    "word_repetition_n": (1, 50, "words per n-gram"),
+    "word_repetition_max_ratio": (0.0, 1.0, "a share of word n-grams"),
+    "gopher_max_dup_para_frac": (0.0, 1.0, "a share of paragraphs"),
+    "gopher_max_dup_para_char_frac": (0.0, 1.0, "a share of characters"),
+    "gopher_max_dup_line_frac": (0.0, 1.0, "a share of lines"),
+    "gopher_max_dup_line_char_frac": (0.0, 1.0, "a share of characters"),
+    "gopher_min_mean_word_length": (0.0, math.inf, "characters"),
+    "gopher_max_mean_word_length": (0.0, math.inf, "characters"),
+    # '#' and '...' per word: a rate, not a share ('####' is one word with four), so above 1 is
+    # a possible (lenient) threshold
+    "gopher_max_symbol_word_ratio": (0.0, math.inf, "symbols per word"),
+    "gopher_max_bullet_lines_ratio": (0.0, 1.0, "a share of lines"),
+    "gopher_max_ellipsis_lines_ratio": (0.0, 1.0, "a share of lines"),
+    "gopher_min_alpha_words_ratio": (0.0, 1.0, "a share of words"),
+    # Line lengths in display columns: beyond 1000 (several sentences) every line of prose is
+    # "short" and the rule drops every document
+    "short_lines_chars": (1, 1000, "display columns"),
+    "short_lines_max_ratio": (0.0, 1.0, "a share of lines"),
+    "fineweb_min_line_punct_ratio": (0.0, 1.0, "a share of lines"),
+    "fineweb_short_line_chars": (1, 1000, "characters"),
+    "fineweb_max_short_lines_ratio": (0.0, 1.0, "a share of lines"),
+    "fineweb_max_dup_line_chars_ratio": (0.0, 1.0, "a share of characters"),
+    # newlines per word: blank lines make it exceed 1, so a threshold above 1 is possible
+    "fineweb_max_newline_ratio": (0.0, math.inf, "newlines per word"),
+    "stop_words_min_ratio": (0.0, 1.0, "a share of words"),
+}
+
+
+def _check_range(key: str, value: Any, lo: float, hi: float, why: str, within: tuple[Any, str] | None = None) -> None:
+    """ValueError unless `value` is a finite number in [lo, hi] (an int where the bounds are).
+
+    `within`: (the list, what this item of it is), for one item of a list of thresholds.
+    """
+    integer = isinstance(lo, int) and (isinstance(hi, int) or hi == math.inf)
+    number = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    if number and math.isfinite(value) and lo <= value <= hi:
+        return
+    if hi == math.inf:
+        allowed = f"must be {'an integer' if integer else 'a number'} >= {lo:g}"
+    else:
+        allowed = f"must be {'an integer' if integer else 'a number'} in [{lo:g}, {hi:g}]"
+    if within is not None:
+        raise ValueError(f"filter config {key!r} = {within[0]!r}: its {within[1]} {value!r} {allowed} ({why})")
+    raise ValueError(f"filter config {key!r} = {value!r}: {allowed} ({why})")
+
+
+def check_language_codes(codes: list[str], where: str) -> None:
+    """ValueError naming `where` (an option or key) unless every code is one fastText lid.176 outputs."""
+    for code in codes:
+        if code in HAN_ONLY_AS_ZH:
+            raise ValueError(
+                f"{where}: {code!r}: the filter reports Chinese written in Han characters as zh, "
+                f"whatever lid.176 says about the variety ({', '.join(sorted(HAN_ONLY_AS_ZH))}): use zh")
+        if code not in LID_LANGUAGES:
+            hint = f" (did you mean {code.strip().lower()!r}?)" if code.strip().lower() in LID_LANGUAGES else ""
+            raise ValueError(
+                f"{where}: {code!r} is not a language code of fastText lid.176{hint}; codes are ISO 639 "
+                "like en, zh, fr, de, es, ja, ru (the 176: https://fasttext.cc/docs/en/language-identification.html)")
+
 
 def config_from_dict(d: dict) -> FilterConfig:
     """A config from a dict (a TOML `[filter]` table); missing keys take the defaults.
 
-    Raises ValueError naming the key for an unknown key, a value of the wrong type, or a list of
-    the wrong length.
+    Raises ValueError naming the key for an unknown key, a value of the wrong type, a list of
+    the wrong length, or a value out of its range (`FilterConfig.validate`).
     """
     if not isinstance(d, dict):
         raise ValueError(f"filter config must be a table, got {type(d).__name__}")
@@ -152,9 +268,8 @@ def config_from_dict(d: dict) -> FilterConfig:
     valid = {f.name: getattr(defaults, f.name) for f in fields(FilterConfig)}
     unknown = [k for k in d if k not in valid]
     if unknown:
-        raise ValueError(
-            f"unknown filter config key(s): {', '.join(map(repr, unknown))}; valid keys: {', '.join(valid)}"
-        )
+        named = ", ".join(f"{k!r}" + _did_you_mean(str(k), d[k], valid) for k in unknown)
+        raise ValueError(f"unknown filter config key(s): {named}; `nonllama filter --show-config` lists every key")
     values: dict[str, Any] = {}
     for key, value in d.items():
         default = valid[key]
@@ -181,9 +296,23 @@ def config_from_dict(d: dict) -> FilterConfig:
             )
         values[key] = value
     config = FilterConfig(**values)
-    if config.language and not config.languages:
-        raise ValueError("filter config 'languages': empty list; set `language = false` to keep every language")
+    config.validate()
     return config
+
+
+def _did_you_mean(key: str, value: Any, valid: dict[str, Any]) -> str:
+    """' (did you mean 'x'?)' for the closest valid key holding the same kind of value (so that
+    `special_chars_max = 5` points at the ratio, not at the switch `special_chars`), or ''."""
+    import difflib
+
+    def kind(v: Any) -> type:
+        if isinstance(v, bool | list):
+            return type(v)
+        return float if isinstance(v, int | float) else str
+
+    same_kind = [name for name, default in valid.items() if kind(default) is kind(value)] or list(valid)
+    close = difflib.get_close_matches(key, same_kind, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _type_name(default: Any) -> str:
@@ -305,6 +434,7 @@ def filter_batch(batch: pl.DataFrame, config: FilterConfig) -> tuple[pl.DataFram
     text and get `drop_reason`. With `stats_only`, nothing is rejected and kept rows get
     `would_drop`: the reason the rules would have given (null when the document passes).
     """
+    config.validate()  # microseconds a batch; a bad threshold would decide every document wrongly
     texts = batch["text"].fill_null("")
     if config.c4_line_cleaning:
         cleaned = clean_lines(
@@ -379,6 +509,7 @@ def run_filter(
     *,
     workers: int = 1,
     force: bool = False,
+    verify_input: bool = False,
     console: Console | None = None,
 ) -> StageRun:
     """Filter every part of `input_dir` (a normalize output) into `output_dir`.
@@ -386,9 +517,9 @@ def run_filter(
     The manifest counts drops per reason and per source (io does), and, in `stage_counts`, what
     line cleaning removed from the kept documents (`line_cleaning_counts`).
     """
+    config.validate()  # before any data is read
     return run_shard_stage(
         stage=STAGE,
-        previous="normalize",
         input_dir=input_dir,
         output_dir=output_dir,
         side_dir_name=SIDE_DIR,
@@ -396,6 +527,7 @@ def run_filter(
         transform=partial(filter_batch, config=config),
         workers=workers,
         force=force,
+        verify_input=verify_input,
         console=console,
         count_batch=line_cleaning_counts,
     )

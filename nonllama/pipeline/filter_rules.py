@@ -84,6 +84,21 @@ _LID_MODEL = None
 # lid.176 labels of text written in Han characters: Chinese, Wu, Cantonese, Gan, Min Nan,
 # Classical Chinese, and Japanese (which, without kana, is Han-only text)
 _HAN_FAMILY = frozenset({"zh", "wuu", "yue", "gan", "min", "nan", "lzh", "ja"})
+# Every label lid.176 can output (ISO 639 codes; `predict(text, k=-1, threshold=-1)` lists them
+# all). Written out so that checking a config's `languages` needs no model load; a test compares
+# it with the model's labels.
+LID_LANGUAGES = frozenset("""
+    af als am an ar arz as ast av az azb ba bar bcl be bg bh bn bo bpy br bs bxr ca cbk ce ceb ckb co
+    cs cv cy da de diq dsb dty dv el eml en eo es et eu fa fi fr frr fy ga gd gl gn gom gu gv he hi hif
+    hr hsb ht hu hy ia id ie ilo io is it ja jbo jv ka kk km kn ko krc ku kv kw ky la lb lez li lmo lo
+    lrc lt lv mai mg mhr min mk ml mn mr mrj ms mt mwl my myv mzn nah nap nds ne new nl nn no oc or os
+    pa pam pfl pl pms pnb ps pt qu rm ro ru rue sa sah sc scn sco sd sh si sk sl so sq sr su sv sw ta
+    te tg th tk tl tr tt tyv ug uk ur uz vec vep vi vls vo wa war wuu xal xmf yi yo yue zh
+""".split())
+# Chinese varieties of lid.176 that `identify_languages` reports as zh (text in Han characters
+# without kana, see there): a config keeping one of them would keep next to nothing. (lid.176's
+# `min` is Minangkabau, written in Latin letters: it keeps its label.)
+HAN_ONLY_AS_ZH = frozenset({"wuu", "yue"})
 
 
 def language_model():

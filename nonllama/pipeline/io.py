@@ -210,17 +210,23 @@ def read_parts(directory: Path, columns: Sequence[str] | None = None) -> pl.Data
 
 
 def read_manifest(directory: Path) -> dict | None:
+    """The `_manifest.json` of a directory, None when there is none; StageError when it is not
+    a JSON object (a truncated or hand-made file)."""
     path = Path(directory) / MANIFEST_NAME
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise StageError(f"{path}: corrupt manifest ({e}); rerun the stage with --force") from e
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StageError(f"{path}: not a manifest (not JSON: {e}); rerun the stage that wrote it") from None
+    if not isinstance(manifest, dict):
+        raise StageError(f"{path}: not a manifest (a JSON {type(manifest).__name__}, not an object); "
+                         "rerun the stage that wrote it")
+    return manifest
 
 
 def require_finished(directory: Path, produced_by: str) -> dict:
-    """The manifest of a finished input directory, or a StageError saying what to run."""
+    """The manifest of a finished output of `produced_by`, or a StageError saying what to run."""
     directory = Path(directory)
     if not directory.exists():
         raise StageError(f"input directory {directory} does not exist: run `nonllama {produced_by}` first")
@@ -230,6 +236,10 @@ def require_finished(directory: Path, produced_by: str) -> dict:
             f"input directory {directory} has no {MANIFEST_NAME}: `nonllama {produced_by}` "
             "has not finished there (run it again)"
         )
+    if manifest.get("stage") != produced_by:
+        found = manifest.get("stage")
+        what = f"the output of `nonllama {found}`" if isinstance(found, str) else "not a stage's output"
+        raise StageError(f"{directory / MANIFEST_NAME}: {what}, not of `nonllama {produced_by}`")
     return manifest
 
 
@@ -243,21 +253,24 @@ def is_up_to_date(output_dir: Path, stage: str, input_digest: str, config: dict)
     return (
         manifest is not None
         and manifest.get("stage") == stage
-        and manifest.get("input", {}).get("digest") == input_digest
+        and isinstance(manifest.get("input"), dict)
+        and manifest["input"].get("digest") == input_digest
         and manifest.get("config") == json.loads(json.dumps(config, default=str))
     )
 
 
-def reset_output(output_dir: Path) -> None:
-    """Empty an output directory for a fresh run, keeping the download cache.
+def reset_output(output_dir: Path, keep: Sequence[str] = (CACHE_DIR_NAME,)) -> None:
+    """Empty an output directory for a fresh run, but for the entries named in `keep`.
 
-    The manifest goes first, so that a run killed while cleaning is never taken as finished.
+    Only for a directory the stage has claimed (`nonllama.pipeline.dirs.OutputDir`, which
+    checks that it holds nothing but an earlier output of the stage). The manifest goes first,
+    so that a run killed while cleaning is never taken as finished.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
     for child in output_dir.iterdir():
-        if child.name == CACHE_DIR_NAME:
+        if child.name in keep:
             continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
@@ -351,7 +364,9 @@ def write_manifest(
 
 
 def describe_part(path: Path, rows: int, chars: int) -> dict:
-    return {"name": Path(path).name, "rows": rows, "chars": chars, "sha256": file_sha256(path)}
+    """A part as the manifest lists it: the next stage checks its size, rows and checksum."""
+    path = Path(path)
+    return {"name": path.name, "rows": rows, "chars": chars, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 # --------------------------------------------------------------------------- progress + pool
@@ -419,8 +434,35 @@ def _take_task(counter: Any, n_tasks: int) -> int | None:
         return i
 
 
-def _helper_main(fn: Callable[..., Any], tasks: Sequence[Any], counter: Any, conn: Connection) -> None:
-    """A helper process: take tasks until none is left, sending each result (or error) to the driver."""
+def _exit_with_driver(driver_pid: int) -> None:
+    """End this helper within moments of the driver's end (killed, out of memory): a helper left
+    running would go on writing into an output directory that the next run may have claimed."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == driver_pid:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="nonllama-driver-watch").start()
+
+
+def _helper_main(fn: Callable[..., Any], tasks: Sequence[Any], counter: Any, conn: Connection, driver_pid: int) -> None:
+    """A helper process: take tasks until none is left, sending each result (or error) to the driver.
+
+    Ctrl-C is the driver's to handle (it stops the helpers); a driver that is gone (its end of
+    the pipe closed) ends the helper quietly, without a traceback of its own."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_driver(driver_pid)
+    try:
+        _take_tasks(fn, tasks, counter, conn)
+    except (BrokenPipeError, ConnectionError, EOFError):
+        os._exit(1)
+
+
+def _take_tasks(fn: Callable[..., Any], tasks: Sequence[Any], counter: Any, conn: Connection) -> None:
     report = _PipeReporter(conn)
     while (i := _take_task(counter, len(tasks))) is not None:
         conn.send(("start", i))
@@ -456,7 +498,7 @@ class _Helpers:
         with _child_env(POLARS_MAX_THREADS="1"):
             for _ in range(count):
                 reader, writer = ctx.Pipe(duplex=False)
-                process = ctx.Process(target=_helper_main, args=(fn, tasks, self.counter, writer), daemon=True)
+                process = ctx.Process(target=_helper_main, args=(fn, tasks, self.counter, writer, os.getpid()), daemon=True)
                 process.start()
                 writer.close()  # the helper holds the other end: its exit closes the pipe
                 self.running[reader] = None
@@ -592,97 +634,6 @@ def _child_env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-# --------------------------------------------------------------------------- shard stages
-
-# kept, removed (with a `drop_reason` column and any rule values)
-Transform = Callable[[pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]]
-# (batch in, kept, removed) -> a stage's own counters for the manifest, summed over batches
-BatchCounter = Callable[[pl.DataFrame, pl.DataFrame, pl.DataFrame], dict[str, int]]
-
-
-@dataclass
-class ShardTask:
-    index: int
-    input_part: Path
-    output_dir: Path
-    side_dir: Path
-    transform: Transform
-    batch_rows: int
-    count_batch: BatchCounter | None = None
-
-
-@dataclass
-class ShardResult:
-    part: dict
-    side_part: dict | None
-    counts: Counts
-
-
-def process_shard(task: ShardTask, report: Reporter) -> ShardResult:
-    """Stream one input part through the transform into one output part (+ side part)."""
-    counts = Counts()
-    name = part_name(task.index)
-    kept_writer = PartWriter(task.output_dir / name)
-    side_writer = PartWriter(task.side_dir / name, write_empty=False)
-    try:
-        for batch in iter_part_batches(task.input_part, task.batch_rows):
-            kept, removed = task.transform(batch)
-            if kept.height + removed.height != batch.height:
-                raise StageError(
-                    f"{task.input_part}: transform returned {kept.height} kept + "
-                    f"{removed.height} removed rows for {batch.height} rows in"
-                )
-            _count_batch(counts, batch, kept, removed)
-            if task.count_batch is not None:
-                counts.stage_counts.update(task.count_batch(batch, kept, removed))
-            kept_writer.write(kept)
-            side_writer.write(removed)
-            report(batch.height, int(batch["text"].str.len_bytes().sum() or 0))
-        if kept_writer.schema is None:  # an empty input part still gives an output part
-            kept_writer.schema = pq.read_schema(task.input_part)
-        kept_path = kept_writer.close()
-        side_path = side_writer.close()
-    except BaseException:
-        kept_writer.abort()
-        side_writer.abort()
-        raise
-    assert kept_path is not None
-    return ShardResult(
-        part=describe_part(kept_path, kept_writer.rows, kept_writer.chars),
-        side_part=describe_part(side_path, side_writer.rows, side_writer.chars) if side_path else None,
-        counts=counts,
-    )
-
-
-def _count_batch(counts: Counts, batch: pl.DataFrame, kept: pl.DataFrame, removed: pl.DataFrame) -> None:
-    counts.rows_in += batch.height
-    counts.chars_in += int(batch["text"].str.len_chars().sum() or 0)
-    counts.rows_out += kept.height
-    counts.chars_out += int(kept["text"].str.len_chars().sum() or 0)
-    if removed.height:
-        for source, reason, n in removed.group_by("source", "drop_reason").len().iter_rows():
-            counts.drop_reasons[reason] += n
-            counts.drop_reasons_per_source.setdefault(source, Counter())[reason] += n
-    for frame, key in ((batch, "rows_in"), (kept, "rows_out")):
-        if frame.height:
-            for source, n, chars in (
-                frame.group_by("source")
-                .agg(pl.len(), pl.col("text").str.len_chars().sum())
-                .sort("source")
-                .iter_rows()
-            ):
-                counts.add_source(source, **{key: n, key.replace("rows", "chars"): int(chars or 0)})
-
-
-def merge_counts(results: Iterable[ShardResult], what: str) -> Counts:
-    """The counts of every shard, summed; kept + removed = input is checked here."""
-    counts = Counts()
-    for r in results:
-        counts.merge(r.counts)
-    counts.check_balance(what)
-    return counts
-
-
 @dataclass
 class StageRun:
     """What a stage run did: its manifest, and whether it was already up to date."""
@@ -690,61 +641,4 @@ class StageRun:
     manifest: dict
     up_to_date: bool
     output_dir: Path
-
-
-def run_shard_stage(
-    *,
-    stage: str,
-    previous: str,
-    input_dir: Path,
-    output_dir: Path,
-    side_dir_name: str,
-    config: dict,
-    transform: Transform,
-    workers: int = 1,
-    force: bool = False,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
-    console: Console | None = None,
-    count_batch: BatchCounter | None = None,
-) -> StageRun:
-    """Drive a stage that maps input part i to output part i (and side part i).
-
-    `transform` (and `count_batch`, whose counters are summed into the manifest's
-    `stage_counts`) must be picklable (a module-level function or a functools.partial of
-    one) when `workers` > 1.
-    """
-    started = time.time()
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
-    input_manifest = require_finished(input_dir, previous)
-    digest = input_manifest.get("output_digest") or json_digest(input_manifest)
-    if not force and is_up_to_date(output_dir, stage, digest, config):
-        return StageRun(read_manifest(output_dir) or {}, True, output_dir)
-
-    parts = list_parts(input_dir)
-    reset_output(output_dir)
-    side_dir = output_dir / side_dir_name
-    tasks = [
-        ShardTask(i, p, output_dir, side_dir, transform, batch_rows, count_batch)
-        for i, p in enumerate(parts)
-    ]
-    results: list[ShardResult] = run_tasks(
-        process_shard,
-        tasks,
-        workers=workers,
-        description=stage,
-        total_docs=input_manifest.get("rows_out"),
-        console=console,
-    )
-    counts = merge_counts(results, f"{stage} {input_dir} -> {output_dir}")
-    manifest = write_manifest(
-        output_dir,
-        stage=stage,
-        config=config,
-        input_info={"dir": str(input_dir), "stage": input_manifest.get("stage"), "digest": digest},
-        counts=counts,
-        parts=[r.part for r in results],
-        side_dir=side_dir_name,
-        side_parts=[r.side_part for r in results if r.side_part],
-        started=started,
-    )
-    return StageRun(manifest, False, output_dir)
+    notices: list[str] = field(default_factory=list)  # what a person should know (a lock taken over)

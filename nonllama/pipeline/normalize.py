@@ -137,7 +137,8 @@ from pathlib import Path
 import polars as pl
 from rich.console import Console
 
-from nonllama.pipeline.io import StageRun, run_shard_stage
+from nonllama.pipeline.driver import run_shard_stage
+from nonllama.pipeline.io import StageRun
 
 __all__ = ["NormalizeConfig", "config_from_dict", "config_to_dict", "normalize_texts"]
 
@@ -589,12 +590,12 @@ def run_normalize(
     *,
     workers: int = 1,
     force: bool = False,
+    verify_input: bool = False,
     console: Console | None = None,
 ) -> StageRun:
     """Normalize every part of `input_dir` (a download output) into `output_dir`."""
     return run_shard_stage(
         stage=STAGE,
-        previous="download",
         input_dir=input_dir,
         output_dir=output_dir,
         side_dir_name="removed",
@@ -602,5 +603,6 @@ def run_normalize(
         transform=partial(normalize_batch, config=config),
         workers=workers,
         force=force,
+        verify_input=verify_input,
         console=console,
     )

@@ -54,6 +54,8 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from nonllama import __version__
+from nonllama.pipeline.dirs import StageInput, open_input
+from nonllama.pipeline.driver import run_claimed
 from nonllama.pipeline.io import (
     MANIFEST_NAME,
     Reporter,
@@ -61,12 +63,8 @@ from nonllama.pipeline.io import (
     StageRun,
     atomic_path,
     atomic_write_json,
-    is_up_to_date,
     json_digest,
-    list_parts,
-    read_manifest,
     require_finished,
-    reset_output,
     run_tasks,
 )
 from nonllama.pipeline.tokenizer import (
@@ -80,7 +78,6 @@ from nonllama.pipeline.tokenizer import (
 )
 
 STAGE = "pack"
-PREVIOUS = "dedup"
 SPLITS = ("train", "val")
 INDEX_NAME = "index.parquet"
 SHARD_DIR = ".shards"
@@ -409,31 +406,37 @@ def run_pack(
     *,
     workers: int = 1,
     force: bool = False,
+    verify_input: bool = False,
     console: Console | None = None,
 ) -> StageRun:
     """Encode every document of `input_dir` with the tokenizer of `tokenizer_dir` into `output_dir`."""
     started = time.time()
     config.validate()
     input_dir, tokenizer_dir, output_dir = Path(input_dir), Path(tokenizer_dir), Path(output_dir)
-    input_manifest = require_finished(input_dir, PREVIOUS)
+    inp = open_input(input_dir, stage=STAGE, verify=verify_input)
     model, tokenizer_manifest = require_tokenizer(tokenizer_dir)
-    documents_digest = input_manifest.get("output_digest") or json_digest(input_manifest)
     tokenizer_sha = tokenizer_manifest["tokenizer_sha256"]
-    digest = json_digest({"documents": documents_digest, "tokenizer": tokenizer_sha})
-    config_dict = asdict(config)
-    if not force and is_up_to_date(output_dir, STAGE, digest, config_dict):
-        return StageRun(read_manifest(output_dir) or {}, True, output_dir)
-    _check_mix_against_manifest(config.mix, input_manifest)
+    digest = json_digest({"documents": inp.digest, "tokenizer": tokenizer_sha})
+    _check_mix_against_manifest(config.mix, inp.manifest)
+    return run_claimed(
+        STAGE, output_dir, inputs=[input_dir, tokenizer_dir], input_digest=digest, config=asdict(config),
+        force=force,
+        work=lambda: _pack(inp, tokenizer_dir, model, tokenizer_sha, digest, output_dir, config, started, workers,
+                           console),
+    )
 
+
+def _pack(inp: StageInput, tokenizer_dir: Path, model: Path, tokenizer_sha: str, digest: str, output_dir: Path,
+          config: PackConfig, started: float, workers: int, console: Console | None) -> dict:
+    """Encode, assemble and write the manifest, in a claimed and empty `output_dir`."""
+    input_dir, input_manifest, config_dict = inp.dir, inp.manifest, asdict(config)
     vocab_size = _processor(model.resolve(), tokenizer_sha).vocab_size()  # one worker: pack_shard reuses it
     dtype = token_dtype(vocab_size)
-    parts = list_parts(input_dir)
-    reset_output(output_dir)
     shard_dir = output_dir / SHARD_DIR
     shard_dir.mkdir()
     tasks = [
         PackTask(i, p, shard_dir, model.resolve(), dtype.name, config.val_fraction, config.seed, tokenizer_sha)
-        for i, p in enumerate(parts)
+        for i, p in enumerate(inp.paths)
     ]
     streaming = not config.mix  # see _Assembly
     try:
@@ -442,7 +445,7 @@ def run_pack(
             try:
                 summaries: list[ShardSummary] = run_tasks(
                     pack_shard, tasks, workers=workers, description=STAGE,
-                    total_docs=input_manifest.get("rows_out"), console=console,
+                    total_docs=inp.rows, console=console,
                     on_result=assembly.stream if streaming else None,
                 )
                 per_source, docs, forced_val, factors = _plan_splits(summaries, shard_dir, config, input_dir)
@@ -486,7 +489,7 @@ def run_pack(
             "dir": str(input_dir),
             "stage": input_manifest.get("stage"),
             "digest": digest,
-            "documents_digest": documents_digest,
+            "documents_digest": inp.digest,
         },
         "tokenizer": {"dir": str(tokenizer_dir), "model": MODEL_NAME, "sha256": tokenizer_sha},
         "dtype": dtype.name,
@@ -502,7 +505,7 @@ def run_pack(
         "wall_time_s": round(time.time() - started, 3),
     }
     atomic_write_json(output_dir / MANIFEST_NAME, manifest)
-    return StageRun(manifest, False, output_dir)
+    return manifest
 
 
 def _plan_splits(
@@ -581,8 +584,6 @@ def inspect_packed(
     """The manifest of a pack output and a few random windows of its token files, decoded."""
     packed_dir = Path(packed_dir)
     manifest = require_finished(packed_dir, STAGE)
-    if manifest.get("stage") != STAGE:
-        raise StageError(f"--inspect {packed_dir}: not a pack output (its manifest says stage {manifest.get('stage')!r})")
     tokenizer_dir = Path(tokenizer_dir or manifest["tokenizer"]["dir"])
     model, tokenizer_manifest = require_tokenizer(tokenizer_dir)
     if tokenizer_manifest["tokenizer_sha256"] != manifest["tokenizer"]["sha256"]:

@@ -50,23 +50,20 @@ import xxhash
 from rich.console import Console
 
 from nonllama import __version__
+from nonllama.pipeline.dirs import StageInput, open_input
+from nonllama.pipeline.driver import run_claimed
 from nonllama.pipeline.io import (
     MANIFEST_NAME,
     StageError,
     StageRun,
     atomic_write_json,
     file_sha256,
-    is_up_to_date,
     iter_part_batches,
     json_digest,
-    list_parts,
-    read_manifest,
     require_finished,
-    reset_output,
 )
 
 STAGE = "train-tokenizer"
-PREVIOUS = "dedup"
 MODEL_NAME = "tokenizer.model"
 VOCAB_NAME = "tokenizer.vocab"
 
@@ -101,8 +98,18 @@ class TokenizerConfig:
             raise StageError(f"--model-type {self.model_type!r}: choose one of {', '.join(MODEL_TYPES)}")
         if not 0 < self.character_coverage <= 1:
             raise StageError(f"--character-coverage {self.character_coverage}: must be in (0, 1]")
-        if self.vocab_size < 1 or self.sample_bytes < 1 or self.threads < 1:
-            raise StageError("--vocab-size, --sample-bytes and --threads must be positive")
+        fixed = meta_pieces(self)
+        if self.vocab_size <= fixed:
+            # the floor for any text: the fixed pieces and one character; the text's characters
+            # set the real minimum, which training reports exactly
+            raise StageError(
+                f"--vocab-size {self.vocab_size}: must be more than the {fixed} fixed pieces (4 special, the "
+                f"newline, 256 bytes{f', {len(self.user_symbols)} user symbols' if self.user_symbols else ''}) "
+                "plus the text's characters; train-tokenizer names the exact minimum once it has read the text")
+        if self.sample_bytes < 1:
+            raise StageError(f"--sample-bytes {self.sample_bytes}: must be positive")
+        if self.threads < 1:
+            raise StageError(f"--threads {self.threads}: must be at least 1")
         for symbol in self.user_symbols:
             if not symbol or symbol == NEWLINE_PIECE or symbol in ("<unk>", "<s>", "</s>", "<pad>"):
                 raise StageError(f"--user-symbols {symbol!r}: empty, or already a reserved piece")
@@ -303,18 +310,23 @@ def train_sentencepiece(sentence_file: Path, model_file: Path, config: Tokenizer
 
 
 def _explain_training_error(message: str, config: TokenizerConfig, sample_bytes: int) -> str:
-    what = f"{config.model_type}, {sample_bytes / 1e6:.1f} MB of sampled text"
+    size = f"{sample_bytes / 1e6:.1f} MB" if sample_bytes >= 100_000 else f"{sample_bytes:,} bytes"
+    what = f"{config.model_type}, {size} of sampled text"
     if m := _TOO_HIGH.search(message):
         return (
             f"--vocab-size {config.vocab_size} is more than this text supports ({what}): "
             f"use --vocab-size {m.group(2)} or less, or train on more text"
         )
     if m := _TOO_SMALL.search(message):
-        needed = int(m.group(2)) + meta_pieces(config)
+        # SentencePiece's figure already counts the fixed pieces (its check is required_chars +
+        # meta_pieces <= vocab_size), and it is the exact minimum: training at it succeeds
+        needed = int(m.group(2))
+        fixed = meta_pieces(config)
         return (
-            f"--vocab-size {config.vocab_size} is too small: the characters this text needs at "
-            f"--character-coverage {config.character_coverage} plus {meta_pieces(config)} fixed "
-            f"pieces take {needed}; use --vocab-size {needed} or more, or lower --character-coverage"
+            f"--vocab-size {config.vocab_size} is too small for this text ({what}): its "
+            f"{needed - fixed:,} characters at --character-coverage {config.character_coverage:g} plus "
+            f"the {fixed} fixed pieces take {needed}; use --vocab-size {needed} or more, or lower "
+            "--character-coverage"
         )
     if "Nothing to train" in message or "No valid" in message or "size() > 0" in message:
         return f"no text to train on ({what}): is the input empty?"
@@ -417,20 +429,25 @@ def run_train_tokenizer(
     config: TokenizerConfig,
     *,
     force: bool = False,
+    verify_input: bool = False,
     console: Console | None = None,
 ) -> StageRun:
     """Train `tokenizer.model` on a sample of `input_dir` (a finished document stage)."""
     started = time.time()
     config.validate()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    input_manifest = require_finished(input_dir, PREVIOUS)
-    digest = input_manifest.get("output_digest") or json_digest(input_manifest)
-    config_dict = config_to_dict(config)
-    if not force and is_up_to_date(output_dir, STAGE, digest, config_dict) and (output_dir / MODEL_NAME).exists():
-        return StageRun(read_manifest(output_dir) or {}, True, output_dir)
+    inp = open_input(input_dir, stage=STAGE, verify=verify_input)
+    return run_claimed(
+        STAGE, output_dir, inputs=[input_dir], input_digest=inp.digest, config=config_to_dict(config), force=force,
+        work=lambda: _train(inp, output_dir, config, started, console),
+        complete=lambda: (output_dir / MODEL_NAME).exists(),
+    )
 
-    parts = list_parts(input_dir)
-    reset_output(output_dir)
+
+def _train(inp: StageInput, output_dir: Path, config: TokenizerConfig, started: float,
+           console: Console | None) -> dict:
+    """Sample, train, measure and write the manifest, in a claimed and empty `output_dir`."""
+    parts, input_dir = inp.paths, inp.dir
     quiet = console is None or os.environ.get("NONLLAMA_NO_PROGRESS") == "1"
     status = _NoStatus() if quiet else console.status("train-tokenizer: sampling")
     with status, tempfile.TemporaryDirectory(prefix=".train-", dir=output_dir) as tmp:
@@ -454,8 +471,8 @@ def run_train_tokenizer(
     manifest = {
         "stage": STAGE,
         "version": __version__,
-        "config": config_dict,
-        "input": {"dir": str(input_dir), "stage": input_manifest.get("stage"), "digest": digest},
+        "config": config_to_dict(config),
+        "input": {"dir": str(input_dir), "stage": inp.stage, "digest": inp.digest},
         "rows_in": plan.docs_in,
         "bytes_in": plan.bytes_in,
         "model": MODEL_NAME,
@@ -471,7 +488,7 @@ def run_train_tokenizer(
         "wall_time_s": round(time.time() - started, 3),
     }
     atomic_write_json(output_dir / MANIFEST_NAME, manifest)
-    return StageRun(manifest, False, output_dir)
+    return manifest
 
 
 def require_tokenizer(tokenizer_dir: Path) -> tuple[Path, dict]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nonllama.pipeline.io import MANIFEST_NAME, StageError, read_manifest
+from nonllama.pipeline.io import MANIFEST_NAME, StageError, file_sha256, read_manifest
 
 _MASK64 = (1 << 64) - 1
 
@@ -116,15 +116,28 @@ def eval_starts(n_tokens: int, seq_len: int, count: int) -> list[int]:
 
 
 def read_packed_manifest(packed_dir: Path) -> dict:
+    """The manifest of a packed/ directory: pack's own (with the files' checksums), or one written
+    by other means that says at least the dtype and vocabulary size of its token files."""
     manifest = read_manifest(Path(packed_dir))
     path = Path(packed_dir) / MANIFEST_NAME
     if manifest is None:
         raise StageError(f"{path} not found: run `nonllama pack` first (or point --data at a packed/ directory)")
-    for key in ("dtype", "vocab_size"):
+    if "stage" in manifest and manifest["stage"] != "pack":
+        raise StageError(f"{path}: the output of `nonllama {manifest['stage']}`, not of `nonllama pack` "
+                         "(point --data at a packed/ directory)")
+    required = ("dtype", "vocab_size", "files") if manifest.get("stage") == "pack" else ("dtype", "vocab_size")
+    for key in required:
         if key not in manifest:
             raise StageError(f"{path} has no {key!r}; rerun `nonllama pack --force`")
     if manifest["dtype"] not in ("uint16", "uint32"):
         raise StageError(f"{path}: dtype {manifest['dtype']!r} is neither uint16 nor uint32")
+    vocab, tokens, files = manifest["vocab_size"], manifest.get("tokens", {}), manifest.get("files", {})
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        raise StageError(f"{path}: vocab_size {vocab!r} is not a positive integer; rerun `nonllama pack --force`")
+    if not isinstance(tokens, dict) or not all(isinstance(n, int) and n >= 0 for n in tokens.values()):
+        raise StageError(f"{path}: tokens {tokens!r} are not counts per split; rerun `nonllama pack --force`")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise StageError(f"{path}: files {files!r} are not checksums per file; rerun `nonllama pack --force`")
     return manifest
 
 
@@ -146,6 +159,18 @@ class PackedData:
         dtype = np.dtype(self.manifest["dtype"])
         self.train = self._open("train", dtype)
         self.val = self._open("val", dtype)
+
+    def verify(self) -> None:
+        """Compare the token files with the checksums the manifest recorded (a second per GB or
+        so): a file changed or cut after packing would otherwise train on silently."""
+        for name, expected in self.manifest.get("files", {}).items():
+            path = self.dir / name
+            if name in ("train.bin", "val.bin") or path.exists():
+                if not path.is_file():
+                    raise StageError(f"{path} not found: rerun `nonllama pack --force`")
+                if file_sha256(path) != expected:
+                    raise StageError(f"{path}: its sha256 differs from {self.dir / MANIFEST_NAME}: it changed "
+                                     "after packing; rerun `nonllama pack --force`")
 
     def _open(self, split: str, dtype: np.dtype) -> np.ndarray:
         path = self.dir / f"{split}.bin"

@@ -48,6 +48,7 @@ from nonllama.train.checkpoint import (
 )
 from nonllama.train.config import TrainConfig, to_toml
 from nonllama.train.data import PackedData, WindowSampler, eval_starts, get_batch
+from nonllama.train.launch import LAUNCHED_ENV
 from nonllama.train.metrics import METRICS_NAME, PLOT_NAME, SAMPLES_NAME, plot_losses
 
 
@@ -209,6 +210,8 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
     out = Path(config.out)
     checkpoint = prepare_run(config, resume)
     data = PackedData(Path(config.data))
+    if os.environ.get(LAUNCHED_ENV) != "1":  # `nonllama train --nproc N` checked them before it launched
+        data.verify()
     state = load_checkpoint(checkpoint) if checkpoint is not None else None
     if state is not None and state.get("tokenizer_digest") != data.tokenizer_digest:
         raise StageError(f"{checkpoint} was trained on tokens of another tokenizer than {data.dir}: "
