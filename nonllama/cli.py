@@ -7,7 +7,8 @@ import functools
 import os
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -18,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nonllama import __version__
+from nonllama.pipeline.executors import Executor
 from nonllama.pipeline.io import StageError, StageRun
 from nonllama.pipeline.records import SourceError
 
@@ -114,9 +116,26 @@ def main(
 WorkdirOpt = Annotated[Path, typer.Option("--workdir", help="Directory holding every stage's output.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Processes to spread shards over.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the stage even if it is up to date.")]
+ExecutorOpt = Annotated[str, typer.Option(
+    "--executor", help="Where tasks run: local (--workers processes here) or ray (a Ray cluster: --ray-address, "
+    "else RAY_ADDRESS, else a Ray instance started here with --workers CPUs; absolute paths only).")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    "--ray-address", help="With --executor ray: the cluster's address (e.g. 10.0.0.5:6379) \\[default: RAY_ADDRESS].")]
 VerifyInputOpt = Annotated[bool, typer.Option(
     "--verify-input", help="Compare every input part's checksum with its manifest before starting "
     "(always done when the input is under 512 MB; sizes and row counts are always compared).")]
+
+
+@contextmanager
+def executor_for(kind: str, workers: int, ray_address: str | None) -> Iterator[Executor]:
+    """The executor a data stage's options ask for, closed (a Ray instance started here stopped) after."""
+    from nonllama.pipeline.executors import make_executor
+
+    executor = make_executor(kind, workers=workers, ray_address=ray_address, console=console)
+    try:
+        yield executor
+    finally:
+        executor.close()
 
 
 def stage_dirs(workdir: Path, previous: str | None, stage: str, input_dir: Path | None, output_dir: Path | None) -> tuple[Path | None, Path]:

@@ -9,12 +9,15 @@ import typer
 from rich.table import Table
 
 from nonllama.cli import (
+    ExecutorOpt,
     ForceOpt,
+    RayAddressOpt,
     VerifyInputOpt,
     WorkdirOpt,
     WorkersOpt,
     app,
     console,
+    executor_for,
     print_summary,
     stage_dirs,
 )
@@ -39,6 +42,8 @@ def dedup(
     paragraph_max_docs: Annotated[int, typer.Option("--paragraph-max-docs", help="With --paragraphs: a line in more documents than this is cut.")] = 5,
     show_clusters: Annotated[int, typer.Option("--show-clusters", min=0, help="Print the N largest clusters side by side.")] = 0,
     workers: WorkersOpt = 1,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
     force: ForceOpt = False,
     verify_input: VerifyInputOpt = False,
 ) -> None:
@@ -52,7 +57,8 @@ def dedup(
     )
     inp, out = stage_dirs(workdir, "filtered", "deduped", input_dir, output_dir)
     assert inp is not None
-    run = run_dedup(inp, out, config, workers=workers, force=force, verify_input=verify_input, console=console)
+    with executor_for(executor, workers, ray_address) as runner:
+        run = run_dedup(inp, out, config, executor=runner, force=force, verify_input=verify_input, console=console)
     print_summary(run, "dedup")
     stats = run.manifest.get("dedup", {})
     table = Table(title="dedup", title_justify="left")

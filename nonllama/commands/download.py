@@ -8,11 +8,14 @@ from typing import Annotated
 import typer
 
 from nonllama.cli import (
+    ExecutorOpt,
     ForceOpt,
+    RayAddressOpt,
     WorkdirOpt,
     WorkersOpt,
     app,
     console,
+    executor_for,
     print_summary,
     stage_dirs,
 )
@@ -40,6 +43,8 @@ def download(
     part_rows: Annotated[int, typer.Option("--part-rows", min=1, help="Documents per output part.")] = 50_000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the built-in sample corpus.")] = 0,
     workers: WorkersOpt = 1,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Read SOURCES into Parquet documents (id, text, source, meta); bad records are quarantined."""
@@ -57,5 +62,6 @@ def download(
         part_rows=part_rows,
         seed=seed,
     )
-    run = run_download(config, out, workers=workers, force=force, console=console)
+    with executor_for(executor, workers, ray_address) as runner:
+        run = run_download(config, out, executor=runner, force=force, console=console)
     print_summary(run, "download")

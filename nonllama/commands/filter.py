@@ -8,12 +8,15 @@ from typing import Annotated
 import typer
 
 from nonllama.cli import (
+    ExecutorOpt,
     ForceOpt,
+    RayAddressOpt,
     VerifyInputOpt,
     WorkdirOpt,
     WorkersOpt,
     app,
     console,
+    executor_for,
     load_stage_config,
     print_config,
     print_summary,
@@ -32,6 +35,8 @@ def filter_command(
     stats_only: Annotated[bool, typer.Option("--stats-only", help="Compute and record every rule's value; drop nothing.")] = False,
     report: Annotated[Path | None, typer.Option("--report", help="Also draw one histogram per rule (PNG) into this directory.")] = None,
     workers: WorkersOpt = 1,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
     force: ForceOpt = False,
     verify_input: VerifyInputOpt = False,
 ) -> None:
@@ -58,7 +63,8 @@ def filter_command(
         return
     inp, out = stage_dirs(workdir, "normalized", "filtered", input_dir, output_dir)
     assert inp is not None
-    run = run_filter(inp, out, config, workers=workers, force=force, verify_input=verify_input, console=console)
+    with executor_for(executor, workers, ray_address) as runner:
+        run = run_filter(inp, out, config, executor=runner, force=force, verify_input=verify_input, console=console)
     print_summary(run, "filter")  # with drops per reason and source, and line-cleaning counts
     if report is not None:
         written = draw_report(out, report, config)

@@ -8,12 +8,15 @@ from typing import Annotated
 import typer
 
 from nonllama.cli import (
+    ExecutorOpt,
     ForceOpt,
+    RayAddressOpt,
     VerifyInputOpt,
     WorkdirOpt,
     WorkersOpt,
     app,
     console,
+    executor_for,
     load_stage_config,
     print_config,
     print_summary,
@@ -29,6 +32,8 @@ def normalize(
     config_file: Annotated[Path | None, typer.Option("--config", help="TOML file; its [normalize] table sets the rules.")] = None,
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the effective config as TOML and exit.")] = False,
     workers: WorkersOpt = 1,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
     force: ForceOpt = False,
     verify_input: VerifyInputOpt = False,
 ) -> None:
@@ -41,5 +46,6 @@ def normalize(
         return
     inp, out = stage_dirs(workdir, "raw", "normalized", input_dir, output_dir)
     assert inp is not None
-    run = run_normalize(inp, out, config, workers=workers, force=force, verify_input=verify_input, console=console)
+    with executor_for(executor, workers, ray_address) as runner:
+        run = run_normalize(inp, out, config, executor=runner, force=force, verify_input=verify_input, console=console)
     print_summary(run, "normalize")

@@ -9,12 +9,15 @@ import typer
 from rich.table import Table
 
 from nonllama.cli import (
+    ExecutorOpt,
     ForceOpt,
+    RayAddressOpt,
     VerifyInputOpt,
     WorkdirOpt,
     WorkersOpt,
     app,
     console,
+    executor_for,
     print_notices,
     stage_dirs,
 )
@@ -35,6 +38,8 @@ def pack(
     windows: Annotated[int, typer.Option("--windows", min=1, help="With --inspect: windows to decode from train.")] = 3,
     window_tokens: Annotated[int, typer.Option("--window-tokens", min=1, help="With --inspect: tokens per window.")] = 64,
     workers: WorkersOpt = 1,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
     force: ForceOpt = False,
     verify_input: VerifyInputOpt = False,
 ) -> None:
@@ -51,8 +56,9 @@ def pack(
     config = PackConfig(val_fraction=val_fraction, mix=parse_mix(split_list(mix)), seed=seed or 0)
     inp, out = stage_dirs(workdir, "deduped", "packed", input_dir, output_dir)
     assert inp is not None
-    run = run_pack(inp, tokenizer_dir or workdir / "tokenizer", out, config, workers=workers, force=force,
-                   verify_input=verify_input, console=console)
+    with executor_for(executor, workers, ray_address) as runner:
+        run = run_pack(inp, tokenizer_dir or workdir / "tokenizer", out, config, executor=runner, force=force,
+                       verify_input=verify_input, console=console)
     print_notices(run, "pack")
     print_pack_summary(run)
 

@@ -9,11 +9,15 @@ import typer
 from rich.table import Table
 
 from nonllama.cli import (
+    ExecutorOpt,
     ForceOpt,
+    RayAddressOpt,
     VerifyInputOpt,
     WorkdirOpt,
+    WorkersOpt,
     app,
     console,
+    executor_for,
     print_notices,
     stage_dirs,
 )
@@ -37,6 +41,9 @@ def train_tokenizer(
     sample_bytes: Annotated[str, typer.Option("--sample-bytes", help="Train on a deterministic sample of at most this much text (500M, 1G, ...).")] = "1G",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sample.")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=1, help="SentencePiece threads (the model depends on it: same threads, same bytes).")] = 8,
+    workers: WorkersOpt = 1,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
     force: ForceOpt = False,
     verify_input: VerifyInputOpt = False,
 ) -> None:
@@ -54,7 +61,9 @@ def train_tokenizer(
     )
     inp, out = stage_dirs(workdir, "deduped", "tokenizer", input_dir, output_dir)
     assert inp is not None
-    run = run_train_tokenizer(inp, out, config, force=force, verify_input=verify_input, console=console)
+    with executor_for(executor, workers, ray_address) as runner:
+        run = run_train_tokenizer(inp, out, config, executor=runner, force=force, verify_input=verify_input,
+                                  console=console)
     print_notices(run, "train-tokenizer")
     print_tokenizer_summary(run)
 

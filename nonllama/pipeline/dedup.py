@@ -27,8 +27,6 @@ similarity to it (1.0 for an exact duplicate).
 
 from __future__ import annotations
 
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,25 +43,26 @@ from nonllama.pipeline.dirs import StageInput, open_input
 from nonllama.pipeline.driver import (
     ShardResult,
     ShardTask,
+    StageContext,
+    StageJob,
+    drive,
     merge_counts,
     process_shard,
-    run_claimed,
 )
+from nonllama.pipeline.executors import Executor, LocalExecutor
 from nonllama.pipeline.io import (
     DEFAULT_BATCH_ROWS,
     Reporter,
     StageRun,
+    document_section,
     iter_part_batches,
     read_parts,
     require_finished,
-    run_tasks,
-    write_manifest,
 )
 
 STAGE = "dedup"
 PREVIOUS = "filter"
 SIDE_DIR = "removed"
-SCRATCH_DIR = ".dedup-work"  # signatures and band keys; removed before the manifest is written
 EXACT = "exact_duplicate"
 NEAR = "near_duplicate"
 EMPTY = "empty_after_paragraph_dedup"
@@ -442,35 +441,33 @@ def run_dedup(
     config: DedupConfig,
     *,
     workers: int = 1,
+    executor: Executor | None = None,
     force: bool = False,
     verify_input: bool = False,
     console: Console | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> StageRun:
     """Deduplicate every part of `input_dir` (a filter output) into `output_dir`."""
-    started = time.time()
     config.validate()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     inp = open_input(input_dir, stage=STAGE, verify=verify_input)
-    return run_claimed(
-        STAGE, output_dir, inputs=[input_dir], input_digest=inp.digest, config=config.to_dict(), force=force,
-        work=lambda: _deduplicate(inp, output_dir, config, started, workers, console, batch_rows),
-    )
+    job = StageJob(STAGE, config.to_dict(), output_dir, [input_dir],
+                   {"dir": str(input_dir), "stage": inp.stage, "digest": inp.digest},
+                   lambda ctx: _deduplicate(inp, output_dir, config, ctx, batch_rows))
+    return drive(job, executor=executor or LocalExecutor(workers, console), force=force, console=console)
 
 
-def _deduplicate(inp: StageInput, output_dir: Path, config: DedupConfig, started: float, workers: int,
-                 console: Console | None, batch_rows: int) -> dict:
-    """The passes of dedup over a claimed, empty `output_dir`; returns the manifest written."""
+def _deduplicate(inp: StageInput, output_dir: Path, config: DedupConfig, ctx: StageContext, batch_rows: int) -> dict:
+    """The passes of dedup over a claimed `output_dir`; returns the manifest section."""
     parts = inp.paths
-    scratch = output_dir / SCRATCH_DIR
-    scratch.mkdir(parents=True)
+    scratch = ctx.work_dir
     total = inp.rows
 
     def tasks(**extra: Any) -> list[PartTask]:
         return [PartTask(i, p, scratch, config, batch_rows=batch_rows, **extra) for i, p in enumerate(parts)]
 
     def run(fn, todo: list, what: str) -> list:
-        return run_tasks(fn, todo, workers=workers, description=f"{STAGE}: {what}", total_docs=total, console=console)
+        return ctx.map(fn, todo, label=f"{STAGE}: {what}", total_docs=total)
 
     rows_per_part = run(sketch_part, tasks(), "sketch")
     offsets = np.concatenate([[0], np.cumsum(rows_per_part)]).astype(np.int64)
@@ -502,21 +499,10 @@ def _deduplicate(inp: StageInput, output_dir: Path, config: DedupConfig, started
     ]
     results: list[ShardResult] = run(process_shard, shard_tasks, "write")
     counts = merge_counts(results, f"{STAGE} {inp.dir} -> {output_dir}")
-    shutil.rmtree(scratch)
     stats[EMPTY] = counts.drop_reasons.get(EMPTY, 0)
     stats["bands"], stats["rows"] = config.lsh
-    return write_manifest(
-        output_dir,
-        stage=STAGE,
-        config=config.to_dict(),
-        input_info={"dir": str(inp.dir), "stage": inp.stage, "digest": inp.digest},
-        counts=counts,
-        parts=[r.part for r in results],
-        side_dir=SIDE_DIR,
-        side_parts=[r.side_part for r in results if r.side_part],
-        started=started,
-        extra={"dedup": stats},
-    )
+    return document_section(counts, [r.part for r in results], SIDE_DIR,
+                            [r.side_part for r in results if r.side_part], extra={"dedup": stats})
 
 
 def _write_decisions(decisions: Decisions, parts: list[Path], offsets: np.ndarray, scratch: Path) -> None:

@@ -43,6 +43,7 @@ from nonllama.pipeline.io import (
     read_manifest,
     reset_output,
 )
+from nonllama.pipeline.stages import stages_before
 
 try:  # POSIX; the lock degrades to "pid and host in a file" elsewhere
     import fcntl
@@ -50,13 +51,10 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = "_lock.json"
-# Document stages in funnel order: a stage reads the output of any stage before it (the
-# ablation of the funnel packs download's output directly), never its own or a later one.
-DOCUMENT_STAGES = ("download", "normalize", "filter", "dedup")
 # Input checksums are compared on every run up to this many bytes of parts (a second or so of
 # reading); above it only with --verify-input. Sizes and row counts are always compared.
 CHEAP_VERIFY_BYTES = 512 << 20
-_PART_NAME = re.compile(r"part-\d{5,}\.parquet")
+_PART_NAME = re.compile(r"part-\d{5,}(-\d{4,})?\.parquet")  # download names its parts by task: part-TTTTT-CCCC
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -97,13 +95,6 @@ class StageInput:
     @property
     def rows(self) -> int:
         return self.manifest["rows_out"]
-
-
-def stages_before(stage: str) -> tuple[str, ...]:
-    """The document stages whose output `stage` may read."""
-    if stage in DOCUMENT_STAGES:
-        return DOCUMENT_STAGES[: DOCUMENT_STAGES.index(stage)]
-    return DOCUMENT_STAGES
 
 
 def open_input(directory: Path, *, stage: str, verify: bool = False) -> StageInput:
@@ -412,9 +403,9 @@ class OutputDir:
         untouched = [p.name for p in self.path.iterdir()] == [LOCK_NAME]
         self._lock.release(remove=exc_type is None or untouched or (self.path / MANIFEST_NAME).exists())
 
-    def up_to_date(self, input_digest: str, config: dict) -> dict | None:
-        """The manifest of an earlier run with this input and config, or None."""
-        if is_up_to_date(self.path, self.stage, input_digest, config):
+    def up_to_date(self, input_digest: str, config: dict, dependencies: dict | None = None) -> dict | None:
+        """The manifest of an earlier run with this input, config and data files, or None."""
+        if is_up_to_date(self.path, self.stage, input_digest, config, dependencies):
             return read_manifest(self.path)
         return None
 

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import time
 from array import array
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from nonllama.pipeline.driver import run_claimed
+from nonllama.pipeline.driver import StageContext, StageJob, drive
+from nonllama.pipeline.executors import Executor, LocalExecutor
 from nonllama.pipeline.io import (
     CACHE_DIR_NAME,
     DOCUMENT_SCHEMA,
@@ -41,10 +41,8 @@ from nonllama.pipeline.io import (
     StageRun,
     atomic_path,
     describe_part,
+    document_section,
     json_digest,
-    part_name,
-    run_tasks,
-    write_manifest,
 )
 from nonllama.pipeline.records import BadRecord, Record, SourceError
 
@@ -86,13 +84,14 @@ class DownloadTask:
     files: list[SourceFile]
     max_docs: int | None
     config: DownloadConfig
-    work_dir: Path
+    output_dir: Path  # the task's parts go here under their final names: part-TTTTT-CCCC.parquet
     cache_dir: Path
+    scratch: Path | None = None  # its quarantine file; set by the driver's context
 
 
 @dataclass
 class TaskOutput:
-    chunks: list[tuple[Path, int, int]]  # path, rows, chars
+    parts: list[dict]  # as the manifest lists them
     quarantine: Path | None
     counts: Counts
     id_hashes: np.ndarray  # xxh3-64 of every document id, for the uniqueness check
@@ -291,7 +290,6 @@ def plan_tasks(config: DownloadConfig, output_dir: Path, skipped: list[str] | No
         _unique_labels(sources)
     _unique_keys(sources)
 
-    work_dir = output_dir / ".tmp"
     cache_dir = output_dir / CACHE_DIR_NAME
     tasks: list[DownloadTask] = []
     for source in sources:
@@ -301,7 +299,7 @@ def plan_tasks(config: DownloadConfig, output_dir: Path, skipped: list[str] | No
         for group in groups:
             n = len(tasks)
             tasks.append(
-                DownloadTask(n, source.label, group, config.max_docs, config, work_dir / f"task-{n:05d}", cache_dir)
+                DownloadTask(n, source.label, group, config.max_docs, config, output_dir, cache_dir)
             )
     return tasks
 
@@ -337,14 +335,21 @@ def _bad_record_category(reason: str) -> str:
     return "bad_record: " + reason.split(":")[0].strip()
 
 
+def task_part_name(task: int, chunk: int) -> str:
+    """Download's parts are named by the task that wrote them: final names, known to no one else."""
+    return f"part-{task:05d}-{chunk:04d}.parquet"
+
+
 def read_task(task: DownloadTask, report: Reporter) -> TaskOutput:
-    """Read every file of a task into chunk files in the task's private directory."""
-    task.work_dir.mkdir(parents=True, exist_ok=True)
+    """Read every file of a task into parts of at most `part_rows` documents, written under their
+    final names (atomically); bad records to the task's own quarantine file."""
+    assert task.scratch is not None
+    task.scratch.mkdir(parents=True, exist_ok=True)
     counts = Counts()
-    chunks: list[tuple[Path, int, int]] = []
+    parts: list[dict] = []
     writer: PartWriter | None = None
     rows: list[dict] = []
-    quarantine_path = task.work_dir / QUARANTINE_NAME
+    quarantine_path = task.scratch / f"quarantine-{task.index:05d}.jsonl"
     quarantine = None
     unreported_docs = unreported_bytes = 0
     id_hashes = array("Q")
@@ -354,7 +359,7 @@ def read_task(task: DownloadTask, report: Reporter) -> TaskOutput:
         if not rows:
             return
         if writer is None:
-            writer = PartWriter(task.work_dir / f"chunk-{len(chunks):05d}.parquet", DOCUMENT_SCHEMA)
+            writer = PartWriter(task.output_dir / task_part_name(task.index, len(parts)), DOCUMENT_SCHEMA)
         writer.write(pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA))
         rows.clear()
         if writer.rows >= task.config.part_rows:
@@ -365,7 +370,7 @@ def read_task(task: DownloadTask, report: Reporter) -> TaskOutput:
         if writer is not None and writer.rows:
             path = writer.close()
             assert path is not None
-            chunks.append((path, writer.rows, writer.chars))
+            parts.append(describe_part(path, writer.rows, writer.chars))
         writer = None
 
     try:
@@ -422,7 +427,7 @@ def read_task(task: DownloadTask, report: Reporter) -> TaskOutput:
         if quarantine is not None:
             quarantine.close()
     hashes = np.frombuffer(id_hashes, dtype=np.uint64) if id_hashes else np.zeros(0, np.uint64)
-    return TaskOutput(chunks, quarantine_path if quarantine is not None else None, counts, hashes)
+    return TaskOutput(parts, quarantine_path if quarantine is not None else None, counts, hashes)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -433,11 +438,11 @@ def run_download(
     output_dir: Path,
     *,
     workers: int = 1,
+    executor: Executor | None = None,
     force: bool = False,
     console=None,
 ) -> StageRun:
     """Read every source into `output_dir`; a no-op when the sources and config are unchanged."""
-    started = time.time()
     output_dir = Path(output_dir)
     skipped: list[str] = []
     tasks = plan_tasks(config, output_dir, skipped)
@@ -447,53 +452,44 @@ def run_download(
         raise SourceError("the sources contain no files to read")
     local = [root for spec in config.sources if (root := local_root(spec)) is not None]
 
-    def work() -> dict:
-        results = run_tasks(read_task, tasks, workers=workers, description=STAGE, total_docs=None, console=console)
-        return _assemble(results, tasks, output_dir, config, digest, skipped, started)
+    def work(ctx: StageContext) -> dict:
+        for task in tasks:
+            task.scratch = ctx.work_dir
+        results = ctx.map(read_task, tasks, label=STAGE)
+        return _assemble(results, tasks, output_dir, ctx.work_dir, skipped)
 
-    return run_claimed(STAGE, output_dir, inputs=local, input_digest=digest, config=asdict(config), force=force,
-                       work=work)
+    job = StageJob(STAGE, asdict(config), output_dir, local,
+                   {"sources": config.sources, "files": sum(len(f) for f in fingerprints), "digest": digest}, work)
+    return drive(job, executor=executor or LocalExecutor(workers, console), force=force, console=console)
 
 
-def _assemble(results: list[TaskOutput], tasks: list[DownloadTask], output_dir: Path, config: DownloadConfig,
-              digest: str, skipped: list[str], started: float) -> dict:
-    """The tasks' chunks renamed into parts in task order, their quarantines joined, the manifest."""
-    _check_unique_ids(results, tasks)
+def _assemble(results: list[TaskOutput], tasks: list[DownloadTask], output_dir: Path, scratch: Path,
+              skipped: list[str]) -> dict:
+    """The manifest section: the tasks' parts in task order, their quarantines joined (streamed)."""
+    _check_unique_ids(results, tasks, output_dir)
     counts = Counts()
     parts: list[dict] = []
     with atomic_path(output_dir / QUARANTINE_NAME) as quarantine_tmp:
-        with open(quarantine_tmp, "w", encoding="utf-8") as quarantine:
+        with open(quarantine_tmp, "wb") as quarantine:
             for result in results:
                 counts.merge(result.counts)
-                for chunk, rows, chars in result.chunks:
-                    final = output_dir / part_name(len(parts))
-                    os.replace(chunk, final)
-                    parts.append(describe_part(final, rows, chars))
+                parts.extend(result.parts)
                 if result.quarantine is not None:
-                    quarantine.write(result.quarantine.read_text(encoding="utf-8"))
+                    with open(scratch / result.quarantine.name, "rb") as part:
+                        shutil.copyfileobj(part, quarantine)
     if not parts:  # keep the contract: a finished stage has at least one (empty) part
-        PartWriter(output_dir / part_name(0), DOCUMENT_SCHEMA).close()
-        parts.append(describe_part(output_dir / part_name(0), 0, 0))
+        empty = PartWriter(output_dir / task_part_name(0, 0), DOCUMENT_SCHEMA).close()
+        assert empty is not None
+        parts.append(describe_part(empty, 0, 0))
     counts.check_balance(f"download -> {output_dir}")
-    shutil.rmtree(output_dir / ".tmp", ignore_errors=True)
-    return write_manifest(
-        output_dir,
-        stage=STAGE,
-        config=asdict(config),
-        input_info={"sources": config.sources, "files": sum(len(t.files) for t in tasks), "digest": digest},
-        counts=counts,
-        parts=parts,
-        side_dir=None,
-        started=started,
-        extra={
-            "quarantine": QUARANTINE_NAME,
-            "quarantined": counts.rows_removed,
-            "skipped_files": skipped,
-        },
-    )
+    return document_section(counts, parts, None, extra={
+        "quarantine": QUARANTINE_NAME,
+        "quarantined": counts.rows_removed,
+        "skipped_files": skipped,
+    })
 
 
-def _check_unique_ids(results: list[TaskOutput], tasks: list[DownloadTask]) -> None:
+def _check_unique_ids(results: list[TaskOutput], tasks: list[DownloadTask], output_dir: Path) -> None:
     """Refuse to finish when a document id repeats: a later stage's `duplicate_of`, pack's index and
     the report's accounting all name documents by id. 8 bytes per document in this process."""
     hashes = np.sort(np.concatenate([r.id_hashes for r in results])) if results else np.zeros(0, np.uint64)
@@ -505,8 +501,8 @@ def _check_unique_ids(results: list[TaskOutput], tasks: list[DownloadTask]) -> N
     for i, result in enumerate(results):
         if not np.isin(result.id_hashes, list(repeated)).any():
             continue
-        for chunk, _, _ in result.chunks:
-            for doc_id in pq.read_table(chunk, columns=["id"]).column("id").to_pylist():
+        for part in result.parts:
+            for doc_id in pq.read_table(output_dir / part["name"], columns=["id"]).column("id").to_pylist():
                 if xxhash.xxh3_64_intdigest(doc_id.encode("utf-8", "surrogatepass")) not in repeated:
                     continue
                 if doc_id in first_seen:

@@ -1,37 +1,62 @@
-"""Driving a data stage: claim the output, read the input through its manifest, run the tasks.
+"""The stage driver: the stage contract written once, for every data stage and executor.
 
-:func:`run_shard_stage` drives a stage that maps input part i to output part i (and side part
-i): normalize, filter, and dedup's last pass. The claims on directories (an output is only
-reset when it holds this stage's output, one run at a time, the input read exactly as its
-manifest lists it) live in :mod:`nonllama.pipeline.dirs`; the mechanics (parts, manifests,
-the worker pool) in :mod:`nonllama.pipeline.io`.
+A stage says what it reads and its config, and gives the driver its work: a function of a
+:class:`StageContext` that runs passes of small tasks through ``ctx.map`` (with small reduces
+in between) and returns its manifest section. :func:`drive` does the rest, the same way for
+every stage:
+
+1. claim the output directory (:class:`nonllama.pipeline.dirs.OutputDir`: never an input or
+   nested with one, only an earlier output of this stage is emptied, one run at a time);
+2. up to date? The manifest there has this stage, this nonllama version, this input digest,
+   this config and these data files (word lists, models: `dependencies`) -> nothing to do;
+3. else resume or reset: a run of this same stage, input, config and version that was
+   interrupted (``.work/run.json``) is resumed, keeping the tasks it finished (each has a
+   completion marker under ``.work/tasks/``; tasks write their files under final names through a
+   temporary name, so a finished task's files are whole); anything else starts from empty;
+4. the work, its tasks spread by the executor (:mod:`nonllama.pipeline.executors`);
+5. kept + removed = read for a document stage, or the stage refuses to finish;
+6. temporaries and ``.work/`` removed, then the manifest written, last and atomically.
+
+:func:`run_shard_stage` is the work of a stage that maps input part i to output part i (and
+side part i): normalize, filter, and dedup's last pass.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
 from rich.console import Console
 
+from nonllama import __version__
 from nonllama.pipeline.dirs import OutputDir, open_input
+from nonllama.pipeline.executors import Executor, LocalExecutor
 from nonllama.pipeline.io import (
+    CACHE_DIR_NAME,
     DEFAULT_BATCH_ROWS,
+    MANIFEST_NAME,
     Counts,
     PartWriter,
     Reporter,
     StageError,
     StageRun,
+    atomic_path,
+    atomic_write_json,
     describe_part,
+    document_section,
     iter_part_batches,
+    manifest_header,
     part_name,
-    run_tasks,
-    write_manifest,
 )
 
 # kept, removed (with a `drop_reason` column and any rule values)
@@ -123,23 +148,138 @@ def merge_counts(results: Iterable[ShardResult], what: str) -> Counts:
     return counts
 
 
-def run_claimed(stage: str, output_dir: Path, *, inputs: Sequence[Path], input_digest: str, config: dict,
-                force: bool, work: Callable[[], dict], complete: Callable[[], bool] | None = None) -> StageRun:
-    """The stage contract around a stage's work, for every stage.
+WORK_DIR = ".work"  # per-run scratch and task markers; removed before the manifest is written
 
-    Claim `output_dir` (see `OutputDir`: never an input or nested with one, only an earlier
-    output of this stage is emptied, one run at a time); when it holds a finished run with this
-    input digest and config (and `complete()` agrees), that run's manifest is the answer;
-    otherwise empty it and call `work()`, which writes the stage's files and, last, its
-    manifest, and returns that manifest.
-    """
-    with OutputDir(output_dir, stage, inputs=inputs) as out:
-        previous = out.up_to_date(input_digest, config)
-        if not force and previous is not None and (complete is None or complete()):
-            return StageRun(previous, True, Path(output_dir), out.notices)
-        out.reset()
-        manifest = work()
-    return StageRun(manifest, False, Path(output_dir), out.notices)
+
+@dataclass
+class StageContext:
+    """What a stage's work sees: where to write, where to keep scratch, how to run tasks."""
+
+    output_dir: Path
+    executor: Executor
+    console: Console | None = None
+    resumed: int = 0  # tasks an interrupted run had finished, not run again
+    tasks: int = 0  # tasks in all passes so far
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch of this run (a stage's intermediate files): kept across an interruption."""
+        path = self.output_dir / WORK_DIR / "scratch"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def map(self, fn: Callable[[Any, Reporter], Any], tasks: Sequence[Any], *, label: str,
+            total_docs: int | None = None, on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """``fn(task, report)`` for every task, through the executor; results in task order.
+
+        Each finished task leaves a completion marker (its pickled result) under
+        ``.work/tasks/<label>/``; a task marked by an interrupted run of this same run is not run
+        again (its result is read back), so `fn` must write its files under final names through
+        a temporary name, and rewrite the same bytes when rerun. Labels name passes: unique
+        within a stage. `on_result(i, result)` is called here once for every task, resumed ones
+        first, then as results arrive.
+        """
+        markers = self.output_dir / WORK_DIR / "tasks" / label.replace("/", "_").replace(" ", "_")
+        markers.mkdir(parents=True, exist_ok=True)
+        results: list[Any] = [None] * len(tasks)
+        todo = []
+        for i in range(len(tasks)):
+            marker = markers / f"{i:06d}.done"
+            if marker.exists():
+                results[i] = pickle.loads(marker.read_bytes())
+            else:
+                todo.append(i)
+        self.tasks += len(tasks)
+        self.resumed += len(tasks) - len(todo)
+
+        def finished(j: int, result: Any) -> None:
+            i = todo[j]
+            results[i] = result
+            with atomic_path(markers / f"{i:06d}.done") as tmp:
+                tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+            if on_result is not None:
+                on_result(i, result)
+
+        if len(todo) < len(tasks):  # resumed: the bar counts what is left
+            total_docs = None
+            if on_result is not None:  # every task's result reaches on_result once, resumed ones first
+                for i in sorted(set(range(len(tasks))) - set(todo)):
+                    on_result(i, results[i])
+        self.executor.map(fn, [tasks[i] for i in todo], label=label, total_docs=total_docs, on_result=finished)
+        return results
+
+
+@dataclass
+class StageJob:
+    """One run of a stage, as the driver needs it."""
+
+    stage: str
+    config: dict  # the effective config, as recorded in the manifest
+    output_dir: Path
+    inputs: Sequence[Path]  # what it reads (for the nesting checks, and absolute under Ray)
+    input_info: dict  # recorded in the manifest; its "digest" is what "up to date" compares
+    work: Callable[[StageContext], dict]  # runs the passes; returns the manifest section
+    dependencies: dict[str, str] = field(default_factory=dict)  # data files the stage uses: their digests
+    complete: Callable[[], bool] | None = None  # an up-to-date output must also pass this
+
+
+def drive(job: StageJob, *, executor: Executor | None = None, force: bool = False,
+          console: Console | None = None) -> StageRun:
+    """Run `job` under the stage contract (see the module docstring); what it did."""
+    started = time.time()
+    executor = executor or LocalExecutor(1, console)
+    output_dir = Path(job.output_dir)
+    if executor.kind == "ray":
+        _require_absolute([output_dir, *job.inputs])
+    digest = job.input_info["digest"]
+    with OutputDir(output_dir, job.stage, inputs=job.inputs) as out:
+        previous = out.up_to_date(digest, job.config, job.dependencies)
+        if not force and previous is not None and (job.complete is None or job.complete()):
+            return StageRun(previous, True, output_dir, out.notices)
+        identity = {"stage": job.stage, "version": __version__, "digest": digest,
+                    "config": json.loads(json.dumps(job.config, default=str)), "dependencies": job.dependencies}
+        run_file = output_dir / WORK_DIR / "run.json"
+        if force or (output_dir / MANIFEST_NAME).exists() or _read_json(run_file) != identity:
+            out.reset()
+            atomic_write_json(run_file, identity)
+        ctx = StageContext(output_dir, executor, console)
+        section = job.work(ctx)
+        if "rows_removed" in section and section["rows_out"] + section["rows_removed"] != section["rows_in"]:
+            raise StageError(f"{job.stage} -> {output_dir}: accounting error: {section['rows_in']} rows in, "
+                             f"{section['rows_out']} kept, {section['rows_removed']} removed")
+        _remove_temporaries(output_dir)
+        manifest = {**manifest_header(job.stage, job.config, job.input_info, job.dependencies), **section,
+                    "wall_time_s": round(time.time() - started, 3)}
+        atomic_write_json(output_dir / MANIFEST_NAME, manifest)
+    notices = list(out.notices)
+    if ctx.resumed:
+        notices.append(f"resumed an interrupted run: {ctx.resumed} of {ctx.tasks} tasks were already done")
+    return StageRun(manifest, False, output_dir, notices)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _require_absolute(paths: Iterable[Path]) -> None:
+    for path in paths:
+        if not Path(path).is_absolute():
+            raise StageError(f"--executor ray: {path} is a relative path; Ray tasks run on other nodes and in "
+                             "other directories, so give absolute paths on a filesystem every node sees "
+                             f"(e.g. {Path(path).absolute()})")
+
+
+def _remove_temporaries(output_dir: Path) -> None:
+    """Scratch, and what tasks that died mid-write left (`.NAME.tmp-PID`): Ray reruns such a task."""
+    shutil.rmtree(output_dir / WORK_DIR, ignore_errors=True)
+    for dirpath, dirnames, filenames in os.walk(output_dir):
+        dirnames[:] = [d for d in dirnames if d != CACHE_DIR_NAME]
+        for name in filenames:
+            if name.startswith(".") and ".tmp-" in name:
+                (Path(dirpath) / name).unlink(missing_ok=True)
 
 
 def run_shard_stage(
@@ -151,43 +291,34 @@ def run_shard_stage(
     config: dict,
     transform: Transform,
     workers: int = 1,
+    executor: Executor | None = None,
     force: bool = False,
     verify_input: bool = False,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     console: Console | None = None,
     count_batch: BatchCounter | None = None,
+    dependencies: dict[str, str] | None = None,
 ) -> StageRun:
     """Drive a stage that maps input part i to output part i (and side part i).
 
     `transform` (and `count_batch`, whose counters are summed into the manifest's
     `stage_counts`) must be picklable (a module-level function or a functools.partial of
-    one) when `workers` > 1.
+    one): tasks run in other processes.
     """
-    started = time.time()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     inp = open_input(input_dir, stage=stage, verify=verify_input)
 
-    def work() -> dict:
+    def work(ctx: StageContext) -> dict:
         side_dir = output_dir / side_dir_name
         tasks = [
             ShardTask(i, p, output_dir, side_dir, transform, batch_rows, count_batch)
             for i, p in enumerate(inp.paths)
         ]
-        results: list[ShardResult] = run_tasks(
-            process_shard, tasks, workers=workers, description=stage, total_docs=inp.rows, console=console
-        )
+        results: list[ShardResult] = ctx.map(process_shard, tasks, label=stage, total_docs=inp.rows)
         counts = merge_counts(results, f"{stage} {input_dir} -> {output_dir}")
-        return write_manifest(
-            output_dir,
-            stage=stage,
-            config=config,
-            input_info={"dir": str(input_dir), "stage": inp.stage, "digest": inp.digest},
-            counts=counts,
-            parts=[r.part for r in results],
-            side_dir=side_dir_name,
-            side_parts=[r.side_part for r in results if r.side_part],
-            started=started,
-        )
+        return document_section(counts, [r.part for r in results], side_dir_name,
+                                [r.side_part for r in results if r.side_part])
 
-    return run_claimed(stage, output_dir, inputs=[input_dir], input_digest=inp.digest, config=config,
-                       force=force, work=work)
+    job = StageJob(stage, config, output_dir, [input_dir],
+                   {"dir": str(input_dir), "stage": inp.stage, "digest": inp.digest}, work, dependencies or {})
+    return drive(job, executor=executor or LocalExecutor(workers, console), force=force, console=console)

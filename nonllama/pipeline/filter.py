@@ -49,6 +49,7 @@ import polars as pl
 from rich.console import Console
 
 from nonllama.pipeline.driver import run_shard_stage
+from nonllama.pipeline.executors import Executor
 from nonllama.pipeline.filter_rules import (
     GOPHER_DUP_NS,
     GOPHER_TOP_NS,
@@ -508,6 +509,7 @@ def run_filter(
     config: FilterConfig,
     *,
     workers: int = 1,
+    executor: Executor | None = None,
     force: bool = False,
     verify_input: bool = False,
     console: Console | None = None,
@@ -526,6 +528,7 @@ def run_filter(
         config=config_to_dict(config),
         transform=partial(filter_batch, config=config),
         workers=workers,
+        executor=executor,
         force=force,
         verify_input=verify_input,
         console=console,

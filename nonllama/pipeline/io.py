@@ -248,14 +248,19 @@ def output_digest(parts: Iterable[dict]) -> str:
     return json_digest([(p["name"], p["sha256"]) for p in parts])
 
 
-def is_up_to_date(output_dir: Path, stage: str, input_digest: str, config: dict) -> bool:
+def is_up_to_date(output_dir: Path, stage: str, input_digest: str, config: dict,
+                  dependencies: dict | None = None) -> bool:
+    """Whether `output_dir` holds a finished run of `stage` by this version of nonllama, on this
+    input, with this config and these data files (word lists, models: their digests)."""
     manifest = read_manifest(output_dir)
     return (
         manifest is not None
         and manifest.get("stage") == stage
+        and manifest.get("version") == __version__
         and isinstance(manifest.get("input"), dict)
         and manifest["input"].get("digest") == input_digest
         and manifest.get("config") == json.loads(json.dumps(config, default=str))
+        and manifest.get("dependencies", {}) == dict(dependencies or {})
     )
 
 
@@ -321,25 +326,11 @@ class Counts:
             )
 
 
-def write_manifest(
-    output_dir: Path,
-    *,
-    stage: str,
-    config: dict,
-    input_info: dict,
-    counts: Counts,
-    parts: list[dict],
-    side_dir: str | None,
-    side_parts: list[dict] | None = None,
-    started: float,
-    extra: dict | None = None,
-) -> dict:
-    """Write `_manifest.json` last and atomically; return it."""
-    manifest = {
-        "stage": stage,
-        "version": __version__,
-        "config": json.loads(json.dumps(config, default=str)),
-        "input": input_info,
+def document_section(counts: Counts, parts: list[dict], side_dir: str | None,
+                     side_parts: list[dict] | None = None, extra: dict | None = None) -> dict:
+    """What a document stage's manifest says of its output: rows and characters in and out,
+    per source and per drop reason, its parts and side parts, and their digest."""
+    section = {
         "rows_in": counts.rows_in,
         "chars_in": counts.chars_in,
         "rows_out": counts.rows_out,
@@ -355,10 +346,43 @@ def write_manifest(
         "side_dir": side_dir,
         "side_parts": side_parts or [],
         "output_digest": output_digest(parts),
+    }
+    section.update(extra or {})
+    return section
+
+
+def manifest_header(stage: str, config: dict, input_info: dict, dependencies: dict | None = None) -> dict:
+    """What every manifest starts with: which stage, which nonllama, what config, read what."""
+    header = {
+        "stage": stage,
+        "version": __version__,
+        "config": json.loads(json.dumps(config, default=str)),
+        "input": input_info,
+    }
+    if dependencies:
+        header["dependencies"] = dict(sorted(dependencies.items()))
+    return header
+
+
+def write_manifest(
+    output_dir: Path,
+    *,
+    stage: str,
+    config: dict,
+    input_info: dict,
+    counts: Counts,
+    parts: list[dict],
+    side_dir: str | None,
+    side_parts: list[dict] | None = None,
+    started: float,
+    extra: dict | None = None,
+) -> dict:
+    """Write a document stage's `_manifest.json` atomically (last, after its parts); return it."""
+    manifest = {
+        **manifest_header(stage, config, input_info),
+        **document_section(counts, parts, side_dir, side_parts, extra),
         "wall_time_s": round(time.time() - started, 3),
     }
-    if extra:
-        manifest.update(extra)
     atomic_write_json(Path(output_dir) / MANIFEST_NAME, manifest)
     return manifest
 

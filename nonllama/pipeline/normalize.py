@@ -138,6 +138,7 @@ import polars as pl
 from rich.console import Console
 
 from nonllama.pipeline.driver import run_shard_stage
+from nonllama.pipeline.executors import Executor
 from nonllama.pipeline.io import StageRun
 
 __all__ = ["NormalizeConfig", "config_from_dict", "config_to_dict", "normalize_texts"]
@@ -589,6 +590,7 @@ def run_normalize(
     config: NormalizeConfig,
     *,
     workers: int = 1,
+    executor: Executor | None = None,
     force: bool = False,
     verify_input: bool = False,
     console: Console | None = None,
@@ -602,6 +604,7 @@ def run_normalize(
         config=config_to_dict(config),
         transform=partial(normalize_batch, config=config),
         workers=workers,
+        executor=executor,
         force=force,
         verify_input=verify_input,
         console=console,

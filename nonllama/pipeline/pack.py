@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import shutil
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -53,19 +51,16 @@ import pyarrow.ipc  # noqa: F401 - pa.ipc
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from nonllama import __version__
 from nonllama.pipeline.dirs import StageInput, open_input
-from nonllama.pipeline.driver import run_claimed
+from nonllama.pipeline.driver import StageContext, StageJob, drive
+from nonllama.pipeline.executors import Executor, LocalExecutor
 from nonllama.pipeline.io import (
-    MANIFEST_NAME,
     Reporter,
     StageError,
     StageRun,
     atomic_path,
-    atomic_write_json,
     json_digest,
     require_finished,
-    run_tasks,
 )
 from nonllama.pipeline.tokenizer import (
     BOS_ID,
@@ -405,12 +400,12 @@ def run_pack(
     config: PackConfig,
     *,
     workers: int = 1,
+    executor: Executor | None = None,
     force: bool = False,
     verify_input: bool = False,
     console: Console | None = None,
 ) -> StageRun:
     """Encode every document of `input_dir` with the tokenizer of `tokenizer_dir` into `output_dir`."""
-    started = time.time()
     config.validate()
     input_dir, tokenizer_dir, output_dir = Path(input_dir), Path(tokenizer_dir), Path(output_dir)
     inp = open_input(input_dir, stage=STAGE, verify=verify_input)
@@ -418,47 +413,41 @@ def run_pack(
     tokenizer_sha = tokenizer_manifest["tokenizer_sha256"]
     digest = json_digest({"documents": inp.digest, "tokenizer": tokenizer_sha})
     _check_mix_against_manifest(config.mix, inp.manifest)
-    return run_claimed(
-        STAGE, output_dir, inputs=[input_dir, tokenizer_dir], input_digest=digest, config=asdict(config),
-        force=force,
-        work=lambda: _pack(inp, tokenizer_dir, model, tokenizer_sha, digest, output_dir, config, started, workers,
-                           console),
-    )
+    job = StageJob(STAGE, asdict(config), output_dir, [input_dir, tokenizer_dir],
+                   {"dir": str(input_dir), "stage": inp.stage, "digest": digest, "documents_digest": inp.digest},
+                   lambda ctx: _pack(inp, tokenizer_dir, model, tokenizer_sha, output_dir, config, ctx))
+    return drive(job, executor=executor or LocalExecutor(workers, console), force=force, console=console)
 
 
-def _pack(inp: StageInput, tokenizer_dir: Path, model: Path, tokenizer_sha: str, digest: str, output_dir: Path,
-          config: PackConfig, started: float, workers: int, console: Console | None) -> dict:
-    """Encode, assemble and write the manifest, in a claimed and empty `output_dir`."""
-    input_dir, input_manifest, config_dict = inp.dir, inp.manifest, asdict(config)
+def _pack(inp: StageInput, tokenizer_dir: Path, model: Path, tokenizer_sha: str, output_dir: Path,
+          config: PackConfig, ctx: StageContext) -> dict:
+    """Encode and assemble in a claimed `output_dir`; returns the manifest section."""
+    input_dir = inp.dir
     vocab_size = _processor(model.resolve(), tokenizer_sha).vocab_size()  # one worker: pack_shard reuses it
     dtype = token_dtype(vocab_size)
-    shard_dir = output_dir / SHARD_DIR
-    shard_dir.mkdir()
+    shard_dir = ctx.work_dir / "shards"
+    shard_dir.mkdir(exist_ok=True)
     tasks = [
         PackTask(i, p, shard_dir, model.resolve(), dtype.name, config.val_fraction, config.seed, tokenizer_sha)
         for i, p in enumerate(inp.paths)
     ]
     streaming = not config.mix  # see _Assembly
-    try:
-        with _open_outputs(output_dir) as writers, atomic_path(output_dir / INDEX_NAME) as index_tmp:
-            assembly = _Assembly(shard_dir, dtype, config.val_fraction, writers, index_tmp)
-            try:
-                summaries: list[ShardSummary] = run_tasks(
-                    pack_shard, tasks, workers=workers, description=STAGE,
-                    total_docs=inp.rows, console=console,
-                    on_result=assembly.stream if streaming else None,
-                )
-                per_source, docs, forced_val, factors = _plan_splits(summaries, shard_dir, config, input_dir)
-                if not streaming or forced_val is not None:
-                    assembly.restart()
-                    for s in summaries:
-                        assembly.add(s.index, forced_val, factors)
-            finally:
-                assembly.close()
-            checksums = {f"{split}.bin": w.sha.hexdigest() for split, w in writers.items()}
-            split_tokens = {split: w.tokens for split, w in writers.items()}
-    finally:  # the shards are temporary: an interrupted run leaves none behind
-        shutil.rmtree(shard_dir, ignore_errors=True)
+    with _open_outputs(output_dir) as writers, atomic_path(output_dir / INDEX_NAME) as index_tmp:
+        assembly = _Assembly(shard_dir, dtype, config.val_fraction, writers, index_tmp)
+        try:
+            summaries: list[ShardSummary] = ctx.map(
+                pack_shard, tasks, label=STAGE, total_docs=inp.rows,
+                on_result=assembly.stream if streaming else None,
+            )
+            per_source, docs, forced_val, factors = _plan_splits(summaries, shard_dir, config, input_dir)
+            if not streaming or forced_val is not None:
+                assembly.restart()
+                for s in summaries:
+                    assembly.add(s.index, forced_val, factors)
+        finally:
+            assembly.close()
+        checksums = {f"{split}.bin": w.sha.hexdigest() for split, w in writers.items()}
+        split_tokens = {split: w.tokens for split, w in writers.items()}
     if split_tokens["train"] == 0:
         raise StageError("the train split is empty after mixing: give a source a weight > 0 in --mix")
 
@@ -481,16 +470,7 @@ def _pack(inp: StageInput, tokenizer_dir: Path, model: Path, tokenizer_sha: str,
             v["mix_share_asked"] = round(config.mix[source] / sum(config.mix.values()), 6)
 
     checksums[INDEX_NAME] = hashlib.sha256((output_dir / INDEX_NAME).read_bytes()).hexdigest()
-    manifest = {
-        "stage": STAGE,
-        "version": __version__,
-        "config": config_dict,
-        "input": {
-            "dir": str(input_dir),
-            "stage": input_manifest.get("stage"),
-            "digest": digest,
-            "documents_digest": inp.digest,
-        },
+    return {
         "tokenizer": {"dir": str(tokenizer_dir), "model": MODEL_NAME, "sha256": tokenizer_sha},
         "dtype": dtype.name,
         "vocab_size": vocab_size,
@@ -502,10 +482,7 @@ def _pack(inp: StageInput, tokenizer_dir: Path, model: Path, tokenizer_sha: str,
         "per_source": dict(sorted(per_source.items())),
         "files": checksums,
         "output_digest": json_digest(checksums),
-        "wall_time_s": round(time.time() - started, 3),
     }
-    atomic_write_json(output_dir / MANIFEST_NAME, manifest)
-    return manifest
 
 
 def _plan_splits(

@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,14 +48,13 @@ import pyarrow.compute as pc
 import xxhash
 from rich.console import Console
 
-from nonllama import __version__
 from nonllama.pipeline.dirs import StageInput, open_input
-from nonllama.pipeline.driver import run_claimed
+from nonllama.pipeline.driver import StageContext, StageJob, drive
+from nonllama.pipeline.executors import Executor, LocalExecutor
 from nonllama.pipeline.io import (
     MANIFEST_NAME,
     StageError,
     StageRun,
-    atomic_write_json,
     file_sha256,
     iter_part_batches,
     json_digest,
@@ -428,29 +426,30 @@ def run_train_tokenizer(
     output_dir: Path,
     config: TokenizerConfig,
     *,
+    workers: int = 1,
+    executor: Executor | None = None,
     force: bool = False,
     verify_input: bool = False,
     console: Console | None = None,
 ) -> StageRun:
     """Train `tokenizer.model` on a sample of `input_dir` (a finished document stage)."""
-    started = time.time()
     config.validate()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     inp = open_input(input_dir, stage=STAGE, verify=verify_input)
-    return run_claimed(
-        STAGE, output_dir, inputs=[input_dir], input_digest=inp.digest, config=config_to_dict(config), force=force,
-        work=lambda: _train(inp, output_dir, config, started, console),
-        complete=lambda: (output_dir / MODEL_NAME).exists(),
-    )
+    job = StageJob(STAGE, config_to_dict(config), output_dir, [input_dir],
+                   {"dir": str(input_dir), "stage": inp.stage, "digest": inp.digest},
+                   lambda ctx: _train(inp, output_dir, config, ctx, console),
+                   complete=lambda: (output_dir / MODEL_NAME).exists())
+    return drive(job, executor=executor or LocalExecutor(workers, console), force=force, console=console)
 
 
-def _train(inp: StageInput, output_dir: Path, config: TokenizerConfig, started: float,
+def _train(inp: StageInput, output_dir: Path, config: TokenizerConfig, ctx: StageContext,
            console: Console | None) -> dict:
-    """Sample, train, measure and write the manifest, in a claimed and empty `output_dir`."""
+    """Sample, train and measure in a claimed `output_dir`; returns the manifest section."""
     parts, input_dir = inp.paths, inp.dir
     quiet = console is None or os.environ.get("NONLLAMA_NO_PROGRESS") == "1"
     status = _NoStatus() if quiet else console.status("train-tokenizer: sampling")
-    with status, tempfile.TemporaryDirectory(prefix=".train-", dir=output_dir) as tmp:
+    with status, tempfile.TemporaryDirectory(prefix="train-", dir=ctx.work_dir) as tmp:
         plan = plan_sample(parts, config.sample_bytes, config.seed)
         if plan.docs_in == 0:
             raise StageError(f"{input_dir}: no documents to train a tokenizer on")
@@ -468,11 +467,7 @@ def _train(inp: StageInput, output_dir: Path, config: TokenizerConfig, started: 
             os.replace(Path(tmp) / name, output_dir / name)
 
     model_sha = file_sha256(output_dir / MODEL_NAME)
-    manifest = {
-        "stage": STAGE,
-        "version": __version__,
-        "config": config_to_dict(config),
-        "input": {"dir": str(input_dir), "stage": inp.stage, "digest": inp.digest},
+    return {
         "rows_in": plan.docs_in,
         "bytes_in": plan.bytes_in,
         "model": MODEL_NAME,
@@ -485,10 +480,7 @@ def _train(inp: StageInput, output_dir: Path, config: TokenizerConfig, started: 
         "held_out": {"docs": len(held_out.texts), "bytes": sum(len(t.encode()) for t in held_out.texts)},
         "compression": compression,
         "output_digest": json_digest({"tokenizer_sha256": model_sha}),
-        "wall_time_s": round(time.time() - started, 3),
     }
-    atomic_write_json(output_dir / MANIFEST_NAME, manifest)
-    return manifest
 
 
 def require_tokenizer(tokenizer_dir: Path) -> tuple[Path, dict]:
