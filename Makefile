@@ -27,9 +27,14 @@ MAX_DOCS  ?=
 PART_ROWS ?=
 WORK      ?= work
 WORKERS   ?= 2
+# where the data stages' tasks run: local (WORKERS processes here) or ray (RAY_ADDRESS, else a Ray
+# instance started here with WORKERS CPUs); Ray needs absolute paths, so WORK is made absolute
+EXECUTOR    ?= local
+RAY_ADDRESS ?=
 # --- data stages
-NORMALIZE_CONFIG ?=
-FILTER_CONFIG    ?=
+CONFIG           ?=
+NORMALIZE_CONFIG ?= $(CONFIG)
+FILTER_CONFIG    ?= $(CONFIG)
 THRESHOLD        ?= 0.8
 DEDUP_OPTS       ?=
 # --- tokenizer and packing
@@ -56,12 +61,15 @@ MAX_NEW_TOKENS ?= 100
 GEN_OPTS       ?= --temperature 0.8 --top-k 40 --seed 0
 
 # Stage options built from the variables above (empty variables add nothing).
-COMMON_OPTS    := --workdir $(WORK) --workers $(WORKERS)
-DOWNLOAD_OPTS  := $(if $(NAME),--name $(NAME)) $(if $(SPLIT_ON),--split-on '$(SPLIT_ON)') \
+WORKDIR        := $(if $(filter ray,$(EXECUTOR)),$(abspath $(WORK)),$(WORK))
+SOURCES        := $(if $(filter ray,$(EXECUTOR)),$(foreach s,$(SOURCE),$(if $(wildcard $(s)),$(abspath $(wildcard $(s))),$(s))),$(SOURCE))
+COMMON_OPTS    := --workdir $(WORKDIR) --workers $(WORKERS) --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS))
+STAGE_CONFIG   := $(if $(CONFIG),--config $(CONFIG))
+DOWNLOAD_OPTS  := $(STAGE_CONFIG) $(if $(NAME),--name $(NAME)) $(if $(SPLIT_ON),--split-on '$(SPLIT_ON)') \
                   $(if $(MAX_DOCS),--max-docs $(MAX_DOCS)) $(if $(PART_ROWS),--part-rows $(PART_ROWS))
 NORMALIZE_OPTS := $(if $(NORMALIZE_CONFIG),--config $(NORMALIZE_CONFIG))
 FILTER_OPTS    := $(if $(FILTER_CONFIG),--config $(FILTER_CONFIG))
-TOKENIZER_OPTS := --vocab-size $(VOCAB_SIZE) --model-type $(MODEL_TYPE) --sample-bytes $(SAMPLE_BYTES)
+TOKENIZER_OPTS := $(STAGE_CONFIG) --vocab-size $(VOCAB_SIZE) --model-type $(MODEL_TYPE) --sample-bytes $(SAMPLE_BYTES)
 PACK_OPTS      := --val-fraction $(VAL_FRACTION) $(foreach m,$(MIX),--mix $(m))
 TRAIN_ARGS     := --workdir $(WORK) --name $(RUN) --preset $(PRESET) --max-steps $(STEPS) \
                   --seq-len $(SEQ_LEN) --batch-size $(BATCH_SIZE) --grad-accum $(GRAD_ACCUM) \
@@ -84,7 +92,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 download: $(SETUP)
-	$(NONLLAMA) download $(SOURCE) $(COMMON_OPTS) $(DOWNLOAD_OPTS)
+	$(NONLLAMA) download $(SOURCES) $(COMMON_OPTS) $(DOWNLOAD_OPTS)
 
 normalize: download
 	$(NONLLAMA) normalize $(COMMON_OPTS) $(NORMALIZE_OPTS)
@@ -93,10 +101,10 @@ filter: normalize
 	$(NONLLAMA) filter $(COMMON_OPTS) $(FILTER_OPTS)
 
 dedup: filter
-	$(NONLLAMA) dedup $(COMMON_OPTS) --threshold $(THRESHOLD) $(DEDUP_OPTS)
+	$(NONLLAMA) dedup $(COMMON_OPTS) $(STAGE_CONFIG) --threshold $(THRESHOLD) $(DEDUP_OPTS)
 
 train-tokenizer: dedup
-	$(NONLLAMA) train-tokenizer --workdir $(WORK) $(TOKENIZER_OPTS)
+	$(NONLLAMA) train-tokenizer $(COMMON_OPTS) $(TOKENIZER_OPTS)
 
 pack: train-tokenizer
 	$(NONLLAMA) pack $(COMMON_OPTS) $(PACK_OPTS)

@@ -52,13 +52,12 @@ def baseline(args: argparse.Namespace) -> float:
 
 
 def write_packed(directory: Path, vocab: int, n_tokens: int) -> None:
-    directory.mkdir(parents=True)
+    """Random tokens in pack's layout: train in 4 shards (as 4 input parts would give), val in 1."""
+    from nonllama.train.data import write_packed as write
+
     rng = np.random.default_rng(0)
-    for split, n in (("train", n_tokens), ("val", n_tokens // 10)):
-        rng.integers(0, vocab, n).astype(np.uint16).tofile(directory / f"{split}.bin")
-    (directory / "_manifest.json").write_text(json.dumps(
-        {"dtype": "uint16", "vocab_size": vocab, "tokenizer_digest": "bench",
-         "tokens": {"train": n_tokens, "val": n_tokens // 10}}))
+    train, val = rng.integers(0, vocab, n_tokens), rng.integers(0, vocab, n_tokens // 10)
+    write(directory, {"train": np.array_split(train, 4), "val": [val]}, vocab, dtype="uint16")
 
 
 def nonllama(args: argparse.Namespace, work: Path, nproc: int, compile: bool, in_process: bool = False) -> float:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import os
 import sys
 import tomllib
+import types
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,9 +163,136 @@ def load_stage_config(path: Path | None, section: str) -> dict:
         raise StageError(f"--config {path}: not a valid TOML file ({e})") from None
     if section in data and isinstance(data[section], dict):
         return data[section]
+    for other in {section.replace("-", "_"), section.replace("_", "-")} - {section}:
+        if isinstance(data.get(other), dict):  # [train_tokenizer] for [train-tokenizer]: say so, do not ignore it
+            raise StageError(f"--config {path}: its table [{other}] is read as [{section}]: rename it")
     if any(isinstance(v, dict) for v in data.values()):
         return {}  # a pipeline-wide file without a table for this stage
     return data
+
+
+# --------------------------------------------------------------------------- stage configs
+#
+# Each data stage has one config dataclass, the single source of its defaults. Its command's
+# options default to None ("not given") and show the dataclass's default in their help
+# (`config_opt`); the effective config is the dataclass defaults < the stage's TOML table
+# (`--config FILE`) < the options given (`resolve_config`); `--show-config` prints it as a TOML
+# table (`show_config`), which `--config` reads back.
+
+C = TypeVar("C")
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def config_opt(*names: str, help: str, default: Any = None, **kwargs: Any) -> Any:
+    """A Typer option of a stage config: None when not given; `default` (the dataclass's, or a
+    phrase such as "optimal for --threshold") shown in the help. `kwargs` go to typer.Option."""
+    if isinstance(default, bool) and "/" in names[0]:  # --exact/--no-exact: name the default's flag
+        on, off = names[0].split("/", 1)
+        default = on if default else off
+    elif isinstance(default, list | tuple):
+        default = ",".join(map(str, default)) or "none"
+    shown = f" \\[default: {default}]" if default is not None else ""  # \[: not rich markup
+    return typer.Option(*names, help=help + shown, show_default=False, **kwargs)
+
+
+def _convert(hint: Any, value: Any) -> tuple[bool, Any]:
+    """(whether a TOML value fits a field's type, the value as the field holds it)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if arg is not type(None):
+                ok, converted = _convert(arg, value)
+                if ok:
+                    return True, converted
+        return False, value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            return False, value
+        items = [_convert(args[0] if args else Any, v) for v in value]
+        if not all(ok for ok, _ in items):
+            return False, value
+        return True, origin(v for _, v in items)
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:  # nan and inf are numbers: the dataclass's validation says where they are not allowed
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    return True, value  # a type this check does not know: the dataclass's validation judges it
+
+
+def _expected(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_expected(a) for a in args if a is not type(None))
+    if origin in (list, tuple):
+        item = _expected(args[0]) if args else "values"
+        return "a list of " + {"an integer": "integers", "a number": "numbers", "a string": "strings",
+                               "true or false": "true/false values"}.get(item, item)
+    return _EXPECTED.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _did_you_mean(key: str, value: Any, valid: dict[str, Any]) -> str:
+    """' (did you mean 'x'?)' for the closest key holding the same kind of value, or ''."""
+    import difflib
+
+    ok_kind = [name for name, hint in valid.items() if _convert(hint, value)[0]]
+    close = difflib.get_close_matches(key, ok_kind or list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def config_table(cls: type, section: str, table: dict, convert: dict[str, Callable[[Any], Any]] | None = None) -> dict:
+    """The values of a stage's TOML table, checked against the fields of its config dataclass
+    `cls`: an unknown key or a value of the wrong type is a ValueError naming it.
+
+    `convert`: per key, a function applied to the TOML value first (`sample_bytes = "500M"`).
+    """
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an annotation this cannot resolve: the dataclass checks its values
+        hints = {}
+    valid = {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in table if k not in valid]
+    if unknown:
+        named = ", ".join(f"{k!r}" + _did_you_mean(str(k), table[k], valid) for k in unknown)
+        raise ValueError(f"unknown {section} config key{'s' if len(unknown) > 1 else ''} {named}; "
+                         f"`nonllama {section} --show-config` lists every key")
+    values = {}
+    for key, value in table.items():
+        if convert and key in convert:
+            value = convert[key](value)
+        ok, value = _convert(valid[key], value)
+        if not ok:
+            raise ValueError(f"{section} config {key!r} = {toml_value(value)}: expected {_expected(valid[key])}")
+        values[key] = value
+    return values
+
+
+def resolve_config(cls: type[C], section: str, config_file: Path | None, given: dict[str, Any], *,
+                   convert: dict[str, Callable[[Any], Any]] | None = None,
+                   required: dict[str, Any] | None = None) -> C:
+    """A stage's effective config: the dataclass `cls`'s defaults < the `[section]` table of
+    `config_file` (`config_table`) < the options `given` (None: not given), then validated by the
+    dataclass (its `validate()`, and whatever its constructor checks).
+
+    `required`: values for the fields without a default, used when neither the table nor the
+    options give them.
+    """
+    table = config_table(cls, section, load_stage_config(config_file, section), convert)
+    options = {k: v for k, v in given.items() if v is not None}
+    config = cls(**{**(required or {}), **table, **options})
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        validate()
+    return config
+
+
+def show_config(section: str, config: Any) -> None:
+    """--show-config: the effective config, as the TOML table `--config` reads."""
+    print_config(section, dataclasses.asdict(config))
 
 
 def print_notices(run: StageRun, stage: str) -> None:
@@ -225,20 +355,25 @@ def print_summary(run: StageRun, stage: str) -> None:
 
 
 def toml_value(value: Any) -> str:
+    """A value as TOML writes it (a string quoted and escaped)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        escapes = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+        return '"' + "".join(
+            escapes.get(ch) or (f"\\u{ord(ch):04x}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch) for ch in value
+        ) + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return str(value)
 
 
 def print_config(section: str, values: dict) -> None:
-    """Print a stage's effective config as a TOML table (what --show-config shows)."""
+    """Print a stage's effective config as a TOML table (what --show-config shows). TOML has no
+    null: a value that is not set is a comment."""
     print(f"[{section}]")
     for key, value in values.items():
-        print(f"{key} = {toml_value(value)}")
+        print(f"# {key}: not set" if value is None else f"{key} = {toml_value(value)}")
 
 
 def _register_commands() -> None:

@@ -94,7 +94,7 @@ def load_run(run: Path | None = None, checkpoint: str | Path | None = None, toke
     tokenizer = Path(tokenizer) if tokenizer is not None else run / MODEL_NAME
     if not tokenizer.is_file():
         raise FileNotFoundError(f"{tokenizer} not found: pass the run's tokenizer with --tokenizer "
-                                "(train copies <workdir>/tokenizer/tokenizer.model there when it exists)")
+                                "(train copies there the tokenizer its pack manifest names)")
     processor = load_processor(tokenizer)
     if processor.vocab_size() != config.vocab_size:
         raise StageError(f"{tokenizer} has {processor.vocab_size()} pieces but the model of {path} "

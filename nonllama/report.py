@@ -282,8 +282,11 @@ def tokens_section(workdir: Path) -> Section:
         rows = [[s, _n(v.get("train_docs")), _n(v.get("mixed_train_tokens", v.get("train_tokens"))),
                  _n(v.get("val_docs")), _n(v.get("val_tokens")), f"{v.get('repeat_factor', 1):.2f}",
                  f"{v.get('train_share', 0):.1%}"] for s, v in packed.get("per_source", {}).items()]
+        shards = packed.get("shards")
+        layout = (f"{len(shards.get('train', [])):,} shards per split" if isinstance(shards, dict)
+                  else "the layout before shards: rerun `nonllama pack`")
         section.add(Table(["source", "train docs", "train tokens", "val docs", "val tokens", "repeat", "train share"],
-                          rows, caption=f"packed/ ({packed.get('dtype')}, vocab {packed.get('vocab_size', 0):,})"))
+                          rows, caption=f"packed/ ({packed.get('dtype')}, vocab {packed.get('vocab_size', 0):,}, {layout})"))
     if tok is None and packed is None:
         section.add(Text("train-tokenizer and pack have not run."))
     return section

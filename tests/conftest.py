@@ -10,6 +10,10 @@ from fake_hub import fake_hub  # noqa: F401 - a fixture: a local stand-in for th
 from tiny_runs import invoker
 
 os.environ.setdefault("NONLLAMA_NO_PROGRESS", "1")
+# Ray instances the tests start live on this machine for a few seconds: no token authentication,
+# the same for all of them (a process keeps the mode of the first instance it joined)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # rich lays tables out at the terminal's width, which differs between machines (and with the
 # length of pytest's temporary paths); one fixed width makes what the tests read the same everywhere
 os.environ["COLUMNS"] = "120"

@@ -372,7 +372,7 @@ def test_a_manifest_of_the_wrong_stage_is_refused(work: Path, cli):
 
 
 def test_train_checks_the_token_files_against_the_pack_manifest(work: Path, cli):
-    train_bin = work / "packed" / "train.bin"
+    train_bin = work / "packed" / "train-00000.bin"
     tokens = np.fromfile(train_bin, dtype=read_manifest(work / "packed")["dtype"])
     tokens[len(tokens) // 2] += 1  # same size, other tokens
     tokens.tofile(train_bin)

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from nonllama.pipeline import minhash
-from nonllama.pipeline.dedup import DedupConfig, run_dedup
+from nonllama.pipeline.dedup import DedupConfig, largest_clusters, run_dedup
 from nonllama.pipeline.io import (
     Counts,
     PartWriter,
@@ -275,3 +275,169 @@ def test_ngram_at_its_bound_runs_and_the_config_checks_itself(tmp_path, cli):
     object.__setattr__(config, "ngram", 40)  # however it got there, validate() says so
     with pytest.raises(ValueError, match="--ngram 40"):
         config.validate()
+
+
+# ------------------------------------------------------------------------ passes of tasks, executors
+
+
+def boilerplate_corpus(tmp_path: Path) -> Path:
+    """The edited corpus with a banner and a footer line in a third of the documents, so that
+    --paragraphs has lines to count and cut, in 6 parts."""
+    source, _ = edited_corpus(tmp_path / "edited")
+    frame = read_parts(source)
+    banner = "Home | News | Contact\nWe use cookies. Accept all cookies"
+    texts = [f"{banner}\n\n{t}\n\nCopyright 20{i % 10} Example Inc." if i % 3 == 0 else t
+             for i, t in enumerate(frame["text"].to_list())]
+    frame = frame.with_columns(text=pl.Series(texts))
+    step = -(-frame.height // 6)
+    return write_stage(tmp_path / "filtered", [frame.slice(k, step).to_dicts() for k in range(0, frame.height, step)])
+
+
+def output_files(directory: Path) -> dict[str, bytes]:
+    """Every file of a finished output, by relative path; the manifest without its wall time."""
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and path.name != "_lock.json":
+            files[str(path.relative_to(directory))] = path.read_bytes()
+    manifest = json.loads(files.pop("_manifest.json"))
+    manifest.pop("wall_time_s")
+    files["_manifest.json"] = json.dumps(manifest, sort_keys=True).encode()
+    return files
+
+
+@pytest.fixture(scope="module")
+def ray_executor():
+    """A Ray instance with 2 CPUs, started once for this module."""
+    from nonllama.pipeline.executors import RayExecutor
+
+    executor = RayExecutor(workers=2)
+    yield executor
+    executor.close()
+
+
+PARAGRAPHS = DedupConfig(paragraphs=True, paragraph_max_docs=5)
+
+
+def test_workers_executors_and_sharding_give_identical_bytes(tmp_path, ray_executor, monkeypatch):
+    from nonllama.pipeline import dedup
+    from nonllama.pipeline.executors import LocalExecutor
+
+    source = boilerplate_corpus(tmp_path)
+    run_dedup(source, tmp_path / "one", PARAGRAPHS, workers=1)
+    one = output_files(tmp_path / "one")
+    m = read_manifest(tmp_path / "one")
+    assert m["dedup"]["near_duplicates"] > 30 and m["dedup"]["paragraphs_cut"] > 100
+    assert m["drop_reasons"]["near_duplicate"] == m["dedup"]["near_duplicates"]
+    with LocalExecutor(2) as two:
+        run_dedup(source, tmp_path / "two", PARAGRAPHS, executor=two)
+    assert output_files(tmp_path / "two") == one
+    run_dedup(source, tmp_path / "ray", PARAGRAPHS, executor=ray_executor)
+    assert output_files(tmp_path / "ray") == one
+    # many small shards, blocks and groups (the plan of a corpus 10,000 times larger) change
+    # nothing; the tasks run in other processes, which see only what the driver's plan says
+    for name, value in [("LSH_ENTRIES_PER_TASK", 500), ("EXACT_ENTRIES_PER_TASK", 100), ("PAIRS_PER_BLOCK", 20),
+                        ("ID_ROWS_PER_TASK", 100), ("LINE_KEYS_PER_TASK", 100), ("UNION_PAIRS", 7),
+                        ("CHECK_CELLS", 300), ("HISTOGRAM_BINS", 64), ("WRITE_ROWS_PER_TASK", 100)]:
+        monkeypatch.setattr(dedup, name, value)
+    with LocalExecutor(2) as two:
+        run = run_dedup(source, tmp_path / "sharded", PARAGRAPHS, executor=two)
+    assert output_files(tmp_path / "sharded") == one
+    assert run.manifest["dedup"] == m["dedup"]
+
+
+KILL_AT_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from nonllama.pipeline import dedup
+
+calls = {"n": 0}
+real = dedup.ApplyDecisions.__call__
+
+def dying(self, batch):
+    if self.index == 3:  # in the middle of writing part 3: its temporary file is there
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, batch)
+
+dedup.ApplyDecisions.__call__ = dying
+dedup.WRITE_ROWS_PER_TASK = 1  # a part a task
+dedup.run_dedup(Path(sys.argv[1]), Path(sys.argv[2]), dedup.DedupConfig(paragraphs=True, paragraph_max_docs=5),
+                workers=1, batch_rows=40)
+"""
+
+
+def test_a_killed_run_resumes_without_redoing_finished_tasks(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from nonllama.pipeline import dedup
+
+    source = boilerplate_corpus(tmp_path)
+    out = tmp_path / "out"
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_AT_WRITE)
+    done = subprocess.run([sys.executable, str(script), str(source), str(out)], capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr[-2000:]
+    markers = sorted(p.relative_to(out / ".work" / "tasks") for p in (out / ".work" / "tasks").rglob("*.done"))
+    passes = {str(p.parent) for p in markers}
+    assert {"dedup:_sketch", "dedup:_exact", "dedup:_lsh", "dedup:_verify", "dedup:_ids",
+            "dedup:_frequent_lines", "dedup:_write"} <= passes
+    assert len([p for p in markers if str(p.parent) == "dedup:_write"]) == 3  # parts 0-2 written
+    assert list(out.glob(".part-00003.parquet.tmp-*")) and not (out / "_manifest.json").exists()
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a finished sketch task ran again")
+
+    monkeypatch.setattr(dedup, "sketch_part", not_again)
+    monkeypatch.setattr(dedup, "WRITE_ROWS_PER_TASK", 1)  # the same tasks as the killed run
+    run = run_dedup(source, out, PARAGRAPHS, batch_rows=40)
+    assert f"{len(markers)} of {len(markers) + 3} tasks were already done" in " ".join(run.notices)
+    monkeypatch.undo()
+    run_dedup(source, tmp_path / "fresh", PARAGRAPHS, batch_rows=40)
+    assert output_files(out) == output_files(tmp_path / "fresh")
+    assert not list(out.rglob("*.tmp-*")) and not (out / ".work").exists()
+
+
+def test_an_exact_copy_of_a_near_duplicate_names_the_document_it_copies(tmp_path):
+    stories = [t for _, t in real_documents(3, 0)]
+    original = stories[0]
+    words = original.split(" ")
+    near = " ".join(words[:-2] + ["suddenly", "it", "rained"])  # J with the original > 0.8, not exact
+    assert 0.8 <= true_jaccard(original, near) < 1
+    parts = [
+        [doc("original", original), doc("other", stories[1])],
+        [doc("near", near)],
+        [doc("copy-of-near", near.upper().replace(".", "!")), doc("copy-of-original", original.lower())],
+        [doc("another", stories[2])],
+    ]
+    source = write_stage(tmp_path / "filtered", parts)
+    run = run_dedup(source, tmp_path / "out", DedupConfig())
+    removed = read_parts(tmp_path / "out" / "removed").sort("id")
+    assert removed.select("id", "drop_reason", "duplicate_of").rows() == [
+        ("test#copy-of-near", "exact_duplicate", "test#near"),
+        ("test#copy-of-original", "exact_duplicate", "test#original"),
+        ("test#near", "near_duplicate", "test#original"),
+    ]
+    assert removed["jaccard"][0] == removed["jaccard"][1] == 1.0
+    assert removed["jaccard"][2] == pytest.approx(true_jaccard(original, near), abs=1e-4)
+    stats = run.manifest["dedup"]
+    assert (stats["exact_duplicates"], stats["near_duplicates"], stats["clusters"], stats["largest_cluster"]) == (2, 1, 1, 4)
+    # the cluster is shown whole: the near duplicate and its exact copy under the kept document
+    clusters = largest_clusters(tmp_path / "out", 5)
+    assert [(c.kept_id, sorted(c.removed["id"])) for c in clusters] == [
+        ("test#original", ["test#copy-of-near", "test#copy-of-original", "test#near"])
+    ]
+    assert clusters[0].kept_text == original
+
+
+def test_show_clusters_zero_reads_nothing(tmp_path, monkeypatch):
+    import nonllama.pipeline.dedup as dedup
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("read something")
+
+    for name in ("require_finished", "list_parts"):
+        monkeypatch.setattr(dedup, name, no_reading)
+    monkeypatch.setattr(pl, "scan_parquet", no_reading)
+    assert largest_clusters(tmp_path / "does-not-exist", 0) == []

@@ -183,3 +183,58 @@ def test_bad_config_leaves_a_real_input_unread_and_no_output(tmp_path, cli):
     cli("filter", "--workdir", work, "--config", config)
     m = read_manifest(work / "filtered")
     assert m["rows_out"] > 0 and "special_chars" not in m["drop_reasons"]
+
+
+# --------------------------------------------------------------------------- data files
+
+
+def test_a_changed_word_list_makes_the_filter_rerun(tmp_path, cli, monkeypatch):
+    import shutil
+
+    from nonllama.pipeline import filter_rules
+
+    work = tmp_path / "work"
+    cli("download", "sample", "--workdir", work)
+    cli("normalize", "--workdir", work)
+    cli("filter", "--workdir", work)
+    m = read_manifest(work / "filtered")
+    assert set(m["dependencies"]) == {"flagged_words_en.txt", "flagged_words_zh.txt", "stopwords_en.txt",
+                                      "stopwords_zh.txt", "lid.176.ftz"}
+    assert "up to date" in cli("filter", "--workdir", work).output
+    # the same lists elsewhere (another install): the same digests, still up to date
+    data = tmp_path / "data"
+    shutil.copytree(filter_rules.data_path("stopwords_en").parent, data)
+    monkeypatch.setattr(filter_rules, "data_path", lambda name: data / f"{name}.txt")
+    assert "up to date" in cli("filter", "--workdir", work).output
+    # one word more on a list: the stage reruns, and the new list decides
+    flagged = data / "flagged_words_en.txt"
+    flagged.write_text(flagged.read_text(encoding="utf-8") + "the\n", encoding="utf-8")
+    assert "up to date" not in cli("filter", "--workdir", work).output
+    rerun = read_manifest(work / "filtered")
+    assert rerun["dependencies"]["flagged_words_en.txt"] != m["dependencies"]["flagged_words_en.txt"]
+    assert rerun["dependencies"]["lid.176.ftz"] == m["dependencies"]["lid.176.ftz"]
+    assert rerun["drop_reasons"]["flagged_words"] > m["drop_reasons"].get("flagged_words", 0) + 50
+    assert "up to date" in cli("filter", "--workdir", work).output
+
+
+def test_dependencies_are_the_files_the_rules_read(tmp_path, monkeypatch):
+    import shutil
+
+    from nonllama.pipeline import filter_rules
+    from nonllama.pipeline.filter import FilterConfig, dependencies
+
+    everything = dependencies(FilterConfig())
+    assert len(everything) == 5 and all(len(v) == 64 for v in everything.values())
+    assert dependencies(FilterConfig(language=False)).keys() == everything.keys() - {"lid.176.ftz"}
+    assert dependencies(FilterConfig(language=False, flagged_words=False)) == {}
+    assert dependencies(FilterConfig(language=False, flagged_words=False, stop_words=True)).keys() == \
+        everything.keys() - {"lid.176.ftz"}
+    assert dependencies(FilterConfig(language=False, flagged_words=False, stats_only=True)) == everything
+    # the language model: a copy has the same digest; a changed file another
+    model = tmp_path / "lid.176.ftz"
+    shutil.copyfile(filter_rules.language_model_path(), model)
+    monkeypatch.setattr(filter_rules, "language_model_path", lambda: model)
+    assert dependencies(FilterConfig()) == everything
+    with open(model, "ab") as f:
+        f.write(b"\0")
+    assert dependencies(FilterConfig())["lid.176.ftz"] != everything["lid.176.ftz"]

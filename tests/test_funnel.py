@@ -82,6 +82,16 @@ def test_make_all_runs_every_stage_and_ends_with_generated_text(straight) -> Non
     assert "Once upon a time" in printed and "很久很久以前" in printed
 
 
+def test_make_all_on_ray_gives_the_same_bytes_and_the_same_model(straight, tmp_path: Path) -> None:
+    """`make all EXECUTOR=ray`: every data stage as Ray tasks (a Ray instance of WORKERS CPUs
+    started by each stage): the same outputs, so the same training and the same samples."""
+    pytest.importorskip("ray", reason="the dev extra installs ray")
+    work = tmp_path / "work"
+    printed = make(work, EXECUTOR="ray")
+    assert "--executor ray" in printed
+    assert_same(outputs(work), straight[1])
+
+
 def test_second_make_all_is_up_to_date_and_touches_nothing(straight) -> None:
     work, result, _ = straight
     before = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}

@@ -170,3 +170,93 @@ def test_tokenizer_on_the_shared_corpora(tmp_path, cli, corpora):
     docs = read_parts(work / "normalized")["text"].to_list()
     assert all(sp.decode(ids) == t for t, ids in zip(docs, encode_texts(sp, docs), strict=True))
     shutil.rmtree(work / "raw")
+
+
+# --------------------------------------------------------------------------- the sample, per part
+
+
+@pytest.fixture(scope="module")
+def parted(tmp_path_factory):
+    """The sample normalized twice: in one part, and cut in five parts (the same rows, in order)."""
+    root = tmp_path_factory.mktemp("parted")
+    for name, rows in (("one", "1000"), ("five", "150")):
+        _run("download", "sample", "--workdir", root / name, "--part-rows", rows)
+        _run("normalize", "--workdir", root / name)
+    assert len(read_manifest(root / "one" / "normalized")["parts"]) == 1
+    assert len(read_manifest(root / "five" / "normalized")["parts"]) == 5
+    return root
+
+
+TOK_ARGS = ("--vocab-size", "1500", "--threads", "2", "--sample-bytes", "200K")
+
+
+def _comparable(directory):
+    m = read_manifest(directory)
+    m.pop("wall_time_s")
+    m.pop("input")
+    return m
+
+
+def test_the_sample_does_not_depend_on_parts_workers_or_executor(tmp_path, parted, cli):
+    pytest.importorskip("ray", reason="the dev extra installs ray")
+    outs = {
+        "one part": ("-i", parted / "one" / "normalized"),
+        "five parts, 1 worker": ("-i", parted / "five" / "normalized", "--workers", "1"),
+        "five parts, 2 workers": ("-i", parted / "five" / "normalized", "--workers", "2"),
+        "five parts, ray": ("-i", parted / "five" / "normalized", "--executor", "ray", "--workers", "2"),
+    }
+    for i, args in enumerate(outs.values()):
+        cli("train-tokenizer", *args, "-o", tmp_path / str(i), *TOK_ARGS)
+    first = tmp_path / "0"
+    assert 100_000 < read_manifest(first)["sample"]["bytes"] <= 200_000
+    for i, what in enumerate(outs):
+        assert (tmp_path / str(i) / "tokenizer.model").read_bytes() == (first / "tokenizer.model").read_bytes(), what
+        assert (tmp_path / str(i) / "tokenizer.vocab").read_bytes() == (first / "tokenizer.vocab").read_bytes(), what
+        assert _comparable(tmp_path / str(i)) == _comparable(first), what
+    assert not (tmp_path / "0" / ".work").exists()  # the sentence files were scratch
+
+
+def test_pass_one_results_are_small_and_merge_to_the_whole(parted):
+    import pickle
+
+    from nonllama.pipeline.tokenizer import HASH_BINS, histogram_part, merge_histograms
+
+    five = read_manifest(parted / "five" / "normalized")
+    parts = [parted / "five" / "normalized" / p["name"] for p in five["parts"]]
+    results = [histogram_part(p, 0) for p in parts]
+    # sparse: a part of 150 documents costs a few KB, not HASH_BINS x 16 bytes a source
+    assert all(len(pickle.dumps(r)) < 10_000 for r in results) and HASH_BINS * 16 > 100_000
+    merged, docs, nbytes = merge_histograms(results)
+    whole, whole_docs, whole_bytes = merge_histograms([histogram_part(parted / "one" / "normalized" / "part-00000.parquet", 0)])
+    assert (docs, nbytes) == (whole_docs, whole_bytes) == (five["rows_out"], sum(r.bytes for r in results))
+    assert set(merged) == set(whole) and {"sample-en", "sample-zh"} <= set(merged)
+    for source in merged:
+        assert (merged[source].docs == whole[source].docs).all() and (merged[source].bytes == whole[source].bytes).all()
+
+
+def test_an_interrupted_sample_resumes_task_by_task(tmp_path, parted, monkeypatch):
+    from nonllama.pipeline import tokenizer
+    from nonllama.pipeline.tokenizer import TokenizerConfig, run_train_tokenizer
+
+    config = TokenizerConfig(vocab_size=1500, threads=2, sample_bytes=200_000)
+    inp = parted / "five" / "normalized"
+    run_train_tokenizer(inp, tmp_path / "whole", config)
+    done = []
+    real = tokenizer._sample_task
+
+    def dies_on_the_fourth(task, report):
+        if len(done) == 3:
+            raise KeyboardInterrupt
+        done.append(task.part)
+        return real(task, report)
+
+    monkeypatch.setattr(tokenizer, "_sample_task", dies_on_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        run_train_tokenizer(inp, tmp_path / "cut", config)
+    assert not (tmp_path / "cut" / "tokenizer.model").exists()
+    assert len(list((tmp_path / "cut" / ".work" / "scratch" / "sentences").glob("sentences-*.txt"))) == 3
+    monkeypatch.setattr(tokenizer, "_sample_task", real)
+    run = run_train_tokenizer(inp, tmp_path / "cut", config)
+    # pass 1's five tasks and pass 2's first three were not run again
+    assert "resumed an interrupted run: 8 of 10 tasks were already done" in run.notices
+    assert (tmp_path / "cut" / "tokenizer.model").read_bytes() == (tmp_path / "whole" / "tokenizer.model").read_bytes()

@@ -57,6 +57,21 @@ def test_tiny_model_learns_the_corpus(cli, workdir: Path) -> None:
     assert 'preset = "tiny"' in saved and "max_steps = 150" in saved
 
 
+def test_shards_train_exactly_as_one_file_of_the_same_tokens(cli, workdir: Path) -> None:
+    """Windows cross shard boundaries: the corpus in its three shards trains as in one file."""
+    from nonllama.train.data import PackedData, write_packed
+
+    data = PackedData(workdir / "packed")
+    assert len(data.train.paths) == 3 and len(data.val.paths) == 2
+    write_packed(workdir / "one", {split: [tokens[0:len(tokens)]] for split, tokens in
+                                   (("train", data.train), ("val", data.val))}, VOCAB)
+    common = [*TINY, "--max-steps", "6", "--eval-every", "3", "--eval-batches", "40"]
+    cli("train", "--data", workdir / "packed", "--out", workdir / "shards", *common)
+    cli("train", "--data", workdir / "one", "--out", workdir / "one-file", *common)
+    for split in ("train", "val"):
+        assert records(workdir / "shards", split) == records(workdir / "one-file", split)
+
+
 def test_resume_continues_the_run_bit_for_bit(cli, workdir: Path) -> None:
     common = ["--workdir", workdir, *TINY, "--max-steps", "20", "--eval-every", "3", "--save-every", "5",
               "--keep", "2"]

@@ -13,9 +13,11 @@ from nonllama.pipeline.io import StageError
 from nonllama.train.data import (
     FeistelPermutation,
     PackedData,
+    ShardedTokens,
     WindowSampler,
     eval_starts,
     get_batch,
+    write_packed,
 )
 
 
@@ -96,18 +98,21 @@ def test_eval_windows_are_fixed_and_distinct() -> None:
     assert len(eval_starts(101, 10, 50)) == 10  # all there are, none repeated
 
 
-def write_packed(directory, ids: np.ndarray, dtype: str, **manifest) -> None:
-    directory.mkdir(parents=True)
-    ids.astype(dtype).tofile(directory / "train.bin")
-    ids[:50].astype(dtype).tofile(directory / "val.bin")
-    meta = {"dtype": dtype, "vocab_size": int(ids.max()) + 1, "tokenizer_digest": "sha256:x",
-            "tokens": {"train": len(ids), "val": 50}, **manifest}
-    (directory / "_manifest.json").write_text(json.dumps(meta))
+def write_tokens(directory, ids: np.ndarray, dtype: str, cuts: tuple[int, ...] = ()) -> dict:
+    """`ids` as the train split in shards cut at `cuts`, its first 50 as val."""
+    return write_packed(directory, {"train": np.split(ids, list(cuts)), "val": [ids[:50]]}, int(ids.max()) + 1,
+                        dtype=dtype)
+
+
+def edit_manifest(directory, change) -> None:
+    manifest = json.loads((directory / "_manifest.json").read_text())
+    change(manifest)
+    (directory / "_manifest.json").write_text(json.dumps(manifest))
 
 
 def test_packed_data_reads_uint32_and_batches_shift_by_one(tmp_path) -> None:
     tokens = np.arange(70_000, 70_500, dtype=np.int64)  # ids beyond uint16
-    write_packed(tmp_path / "packed", tokens, "uint32")
+    write_tokens(tmp_path / "packed", tokens, "uint32")
     data = PackedData(tmp_path / "packed")
     assert data.vocab_size == 70_500 and data.train.dtype == np.uint32 and len(data.val) == 50
     x, y = get_batch(data.train, [0, 100], 10, torch.device("cpu"))
@@ -115,9 +120,84 @@ def test_packed_data_reads_uint32_and_batches_shift_by_one(tmp_path) -> None:
     assert x[1, 0].item() == 70_100 and torch.equal(x[:, 1:], y[:, :-1])
 
 
+def test_windows_across_shard_boundaries_read_the_stream(tmp_path, monkeypatch) -> None:
+    """Shards are one stream: every window, across boundaries and empty shards, is the slice of
+    the concatenated tokens; so the batches are those of one file, whatever the cuts."""
+    tokens = np.arange(1_000, dtype=np.int64)
+    write_tokens(tmp_path / "one", tokens, "uint16")
+    write_tokens(tmp_path / "many", tokens, "uint16", cuts=(7, 7, 300, 301, 999))  # an empty shard and 1-token ones
+    monkeypatch.setattr(ShardedTokens, "MAX_OPEN", 2)  # maps closed and reopened as windows move on
+    one, many = PackedData(tmp_path / "one").train, PackedData(tmp_path / "many").train
+    assert len(many) == len(one) == 1_000 and len(many.paths) == 5  # the empty shard is not mapped
+    assert [many.locate(p) for p in (0, 6, 7, 299, 300, 301, 998, 999)] == [
+        (0, 0), (0, 6), (1, 0), (1, 292), (2, 0), (3, 0), (3, 697), (4, 0)]
+    for start in range(0, 1_000, 3):
+        for length in (1, 2, 9, 400):
+            assert np.array_equal(many[start:start + length], tokens[start:start + length])
+    assert many[-1] == 999 and many[300] == 300 and len(many._maps) <= 2
+    sampler_one, sampler_many = WindowSampler(len(one), 16, 3), WindowSampler(len(many), 16, 3)
+    for _ in range(20):
+        x1, y1 = get_batch(one, sampler_one.next_starts(4), 16, torch.device("cpu"))
+        x2, y2 = get_batch(many, sampler_many.next_starts(4), 16, torch.device("cpu"))
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_verify_checks_every_shard(tmp_path) -> None:
+    write_tokens(tmp_path / "packed", np.arange(1_000), "uint16", cuts=(400, 700))
+    PackedData(tmp_path / "packed").verify()
+    shard = tmp_path / "packed" / "train-00002.bin"
+    tokens = np.fromfile(shard, dtype=np.uint16)
+    tokens[5] += 1  # same size, other tokens: only the checksum tells
+    tokens.tofile(shard)
+    data = PackedData(tmp_path / "packed")
+    with pytest.raises(StageError, match=r"train-00002.bin: its sha256 differs .* rerun `nonllama pack --force`"):
+        data.verify()
+
+
 def test_packed_data_errors_name_the_file_and_the_stage(tmp_path) -> None:
     with pytest.raises(StageError, match=r"_manifest.json not found: run `nonllama pack`"):
         PackedData(tmp_path / "nothing")
-    write_packed(tmp_path / "packed", np.arange(100), "uint16", tokens={"train": 99, "val": 50})
-    with pytest.raises(StageError, match=r"train.bin holds 100 tokens, its manifest says 99"):
+    write_tokens(tmp_path / "packed", np.arange(100), "uint16", cuts=(60,))
+    edit_manifest(tmp_path / "packed", lambda m: m["shards"]["train"][1].update(tokens=39))
+    with pytest.raises(StageError, match=r"shards hold 99 tokens, its tokens say 100"):
         PackedData(tmp_path / "packed")
+    edit_manifest(tmp_path / "packed", lambda m: m["tokens"].update(train=99))
+    with pytest.raises(StageError, match=r"train-00001.bin holds 40 tokens, its manifest says 39"):
+        PackedData(tmp_path / "packed")
+    edit_manifest(tmp_path / "packed", lambda m: m["shards"]["train"][1].update(tokens=40, name="../x.bin"))
+    with pytest.raises(StageError, match=r"train shard 1 is named '../x.bin'"):
+        PackedData(tmp_path / "packed")
+    (tmp_path / "packed" / "train-00000.bin").unlink()
+    edit_manifest(tmp_path / "packed", lambda m: (m["shards"]["train"][1].update(name="train-00001.bin"),
+                                                  m["tokens"].update(train=100)))
+    with pytest.raises(StageError, match=r"train-00000.bin not found: rerun `nonllama pack --force`"):
+        PackedData(tmp_path / "packed")
+
+
+def test_the_layout_before_shards_is_refused(tmp_path) -> None:
+    """One train.bin and val.bin, as pack wrote them before shards: rerun pack."""
+    old = tmp_path / "packed"
+    old.mkdir()
+    np.arange(100, dtype=np.uint16).tofile(old / "train.bin")
+    np.arange(10, dtype=np.uint16).tofile(old / "val.bin")
+    (old / "_manifest.json").write_text(json.dumps({
+        "stage": "pack", "dtype": "uint16", "vocab_size": 100, "tokens": {"train": 100, "val": 10},
+        "files": {"train.bin": "0" * 64, "val.bin": "0" * 64}}))
+    with pytest.raises(StageError, match=r"layout before shards \(one train.bin and val.bin\): rerun `nonllama pack`"):
+        PackedData(old)
+
+
+def test_the_tokenizer_is_the_one_the_manifest_names(tmp_path) -> None:
+    model = tmp_path / "tok" / "tokenizer.model"
+    model.parent.mkdir()
+    model.write_bytes(b"a model")
+    write_packed(tmp_path / "packed", {"train": [np.arange(100)], "val": [np.arange(10)]}, 100, tokenizer=model)
+    data = PackedData(tmp_path / "packed")
+    assert data.manifest["tokenizer"]["dir"] == "../tok" and data.tokenizer_model() == (model, "")
+    model.write_bytes(b"another model")
+    found, problem = data.tokenizer_model()
+    assert found is None and "changed since" in problem
+    model.unlink()
+    assert "not found" in data.tokenizer_model()[1]
+    write_packed(tmp_path / "bare", {"train": [np.arange(100)]}, 100)
+    assert PackedData(tmp_path / "bare").tokenizer_model() == (None, "")  # none named: no guess

@@ -3,8 +3,6 @@ trained in a second, a tiny run trained through the CLI."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,9 +16,14 @@ TINY = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "8", "--lr", "3e-
         "--eval-batches", "4"]
 
 
-def write_corpus(packed: Path, seed: int = 0, vocab: int = VOCAB) -> np.ndarray:
+def write_corpus(packed: Path, seed: int = 0, vocab: int = VOCAB, tokenizer: Path | None = None) -> np.ndarray:
     """A packed/ directory of documents, each one of 8 fixed 10-token sentences between BOS and
-    EOS: a model can learn every token but the choice of sentence."""
+    EOS: a model can learn every token but the choice of sentence. Written in pack's layout, the
+    train tokens in three shards of uneven sizes cut mid-document (windows cross their
+    boundaries), val in two; `tokenizer`: the tokenizer.model the manifest names. Returns the
+    train tokens, all shards in order."""
+    from nonllama.train.data import write_packed
+
     rng = np.random.default_rng(seed)
     sentences = [rng.integers(4, vocab, size=10) for _ in range(8)]
 
@@ -28,13 +31,8 @@ def write_corpus(packed: Path, seed: int = 0, vocab: int = VOCAB) -> np.ndarray:
         return np.concatenate([[1, *sentences[rng.integers(0, 8)], 2] for _ in range(n)]).astype(np.uint16)
 
     train, val = documents(1500), documents(150)
-    packed.mkdir(parents=True)
-    train.tofile(packed / "train.bin")
-    val.tofile(packed / "val.bin")
-    files = {name: hashlib.sha256((packed / name).read_bytes()).hexdigest() for name in ("train.bin", "val.bin")}
-    (packed / "_manifest.json").write_text(json.dumps({
-        "dtype": "uint16", "vocab_size": vocab, "tokenizer_digest": "sha256:fixture",
-        "tokens": {"train": len(train), "val": len(val)}, "files": files}))
+    write_packed(packed, {"train": np.split(train, [5_000, 12_345]), "val": np.split(val, [1_000])}, vocab,
+                 tokenizer=tokenizer)
     return train
 
 
@@ -70,7 +68,7 @@ def tiny_run(cli, workdir: Path, *train_args: str) -> Path:
     from nonllama.pipeline.tokenizer import load_processor
 
     model = train_tokenizer(workdir / "tokenizer" / "tokenizer.model", sample_texts("en"), 400)
-    write_corpus(workdir / "packed", vocab=load_processor(model).vocab_size())
+    write_corpus(workdir / "packed", vocab=load_processor(model).vocab_size(), tokenizer=model)
     cli("train", "--workdir", workdir, *TINY, "--max-steps", "4", "--eval-every", "100", "--save-every", "2",
         *train_args)
     return workdir / "runs" / "tiny"

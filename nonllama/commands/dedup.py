@@ -16,30 +16,38 @@ from nonllama.cli import (
     WorkdirOpt,
     WorkersOpt,
     app,
+    config_opt,
     console,
     executor_for,
     print_summary,
+    resolve_config,
+    show_config,
     stage_dirs,
 )
+from nonllama.pipeline.dedup import DedupConfig
+
+D = DedupConfig()  # the defaults, for the help text (an option left out is None: "not given")
 
 
 @app.command()
 def dedup(
-    input_dir: Annotated[Path | None, typer.Option("-i", "--input", help="Input directory [default: <workdir>/filtered].")] = None,
-    output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory [default: <workdir>/deduped].")] = None,
+    input_dir: Annotated[Path | None, typer.Option("-i", "--input", help="Input directory \\[default: <workdir>/filtered].")] = None,
+    output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory \\[default: <workdir>/deduped].")] = None,
     workdir: WorkdirOpt = Path("work"),
-    threshold: Annotated[float, typer.Option("--threshold", help="Jaccard similarity from which two documents are near duplicates.")] = 0.8,
-    num_perm: Annotated[int, typer.Option("--num-perm", help="MinHash permutations (signature length), 2 to 1024.")] = 128,
-    ngram: Annotated[int, typer.Option("--ngram", help="Shingle size, 1 to 32: words for spaced text, characters for Chinese.")] = 3,
-    bands: Annotated[int | None, typer.Option("--bands", help="LSH bands [default: optimal for --threshold].")] = None,
-    rows: Annotated[int | None, typer.Option("--rows", help="LSH rows per band [default: optimal for --threshold].")] = None,
-    fp_weight: Annotated[float, typer.Option("--fp-weight", help="Weight of false positives against false negatives when choosing bands/rows.")] = 0.1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the hash functions.")] = 1,
-    exact: Annotated[bool, typer.Option("--exact/--no-exact", help="Remove exact duplicates (case, whitespace, punctuation ignored).")] = True,
-    near: Annotated[bool, typer.Option("--near/--no-near", help="Remove near duplicates (MinHash-LSH).")] = True,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Confirm candidate pairs with the true Jaccard of their shingle sets; --no-verify trusts the MinHash estimate (slightly faster, precision and recall ~0.9 near the threshold).")] = True,
-    paragraphs: Annotated[bool, typer.Option("--paragraphs", help="Cut lines that recur in many kept documents (menus, banners, footers).")] = False,
-    paragraph_max_docs: Annotated[int, typer.Option("--paragraph-max-docs", help="With --paragraphs: a line in more documents than this is cut.")] = 5,
+    config_file: Annotated[Path | None, typer.Option("--config", help="TOML file; its \\[dedup] table sets any option below.")] = None,
+    show: Annotated[bool, typer.Option("--show-config", help="Print the effective config as TOML and exit.")] = False,
+    threshold: Annotated[float | None, config_opt("--threshold", help="Jaccard similarity from which two documents are near duplicates.", default=D.threshold)] = None,
+    num_perm: Annotated[int | None, config_opt("--num-perm", help="MinHash permutations (signature length), 2 to 1024.", default=D.num_perm)] = None,
+    ngram: Annotated[int | None, config_opt("--ngram", help="Shingle size, 1 to 32: words for spaced text, characters for Chinese.", default=D.ngram)] = None,
+    bands: Annotated[int | None, config_opt("--bands", help="LSH bands.", default="optimal for --threshold")] = None,
+    rows: Annotated[int | None, config_opt("--rows", help="LSH rows per band.", default="optimal for --threshold")] = None,
+    fp_weight: Annotated[float | None, config_opt("--fp-weight", help="Weight of false positives against false negatives when choosing bands/rows.", default=D.fp_weight)] = None,
+    seed: Annotated[int | None, config_opt("--seed", help="Seed of the hash functions.", default=D.seed)] = None,
+    exact: Annotated[bool | None, config_opt("--exact/--no-exact", help="Remove exact duplicates (case, whitespace, punctuation ignored).", default=D.exact)] = None,
+    near: Annotated[bool | None, config_opt("--near/--no-near", help="Remove near duplicates (MinHash-LSH).", default=D.near)] = None,
+    verify: Annotated[bool | None, config_opt("--verify/--no-verify", help="Confirm candidate pairs with the true Jaccard of their shingle sets; --no-verify trusts the MinHash estimate (slightly faster, precision and recall ~0.9 near the threshold).", default=D.verify)] = None,
+    paragraphs: Annotated[bool | None, config_opt("--paragraphs/--no-paragraphs", help="Cut lines that recur in many kept documents (menus, banners, footers).", default=D.paragraphs)] = None,
+    paragraph_max_docs: Annotated[int | None, config_opt("--paragraph-max-docs", help="With --paragraphs: a line in more documents than this is cut.", default=D.paragraph_max_docs)] = None,
     show_clusters: Annotated[int, typer.Option("--show-clusters", min=0, help="Print the N largest clusters side by side.")] = 0,
     workers: WorkersOpt = 1,
     executor: ExecutorOpt = "local",
@@ -48,13 +56,15 @@ def dedup(
     verify_input: VerifyInputOpt = False,
 ) -> None:
     """Remove exact and near-duplicate documents (MinHash-LSH) and, optionally, repeated lines."""
-    from nonllama.pipeline.dedup import DedupConfig, largest_clusters, run_dedup
+    from nonllama.pipeline.dedup import largest_clusters, run_dedup
 
-    config = DedupConfig(
-        threshold=threshold, num_perm=num_perm, ngram=ngram, bands=bands, rows=rows, fp_weight=fp_weight,
-        seed=seed, exact=exact, near=near, verify=verify, paragraphs=paragraphs,
-        paragraph_max_docs=paragraph_max_docs,
-    )
+    given = dict(threshold=threshold, num_perm=num_perm, ngram=ngram, bands=bands, rows=rows, fp_weight=fp_weight,
+                 seed=seed, exact=exact, near=near, verify=verify, paragraphs=paragraphs,
+                 paragraph_max_docs=paragraph_max_docs)
+    config = resolve_config(DedupConfig, "dedup", config_file, given)
+    if show:
+        show_config("dedup", config)
+        return
     inp, out = stage_dirs(workdir, "filtered", "deduped", input_dir, output_dir)
     assert inp is not None
     with executor_for(executor, workers, ray_address) as runner:

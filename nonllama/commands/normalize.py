@@ -17,20 +17,21 @@ from nonllama.cli import (
     app,
     console,
     executor_for,
-    load_stage_config,
-    print_config,
     print_summary,
+    resolve_config,
+    show_config,
     stage_dirs,
 )
+from nonllama.pipeline.normalize import NormalizeConfig
 
 
 @app.command()
 def normalize(
-    input_dir: Annotated[Path | None, typer.Option("-i", "--input", help="Input directory [default: <workdir>/raw].")] = None,
-    output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory [default: <workdir>/normalized].")] = None,
+    input_dir: Annotated[Path | None, typer.Option("-i", "--input", help="Input directory \\[default: <workdir>/raw].")] = None,
+    output_dir: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory \\[default: <workdir>/normalized].")] = None,
     workdir: WorkdirOpt = Path("work"),
-    config_file: Annotated[Path | None, typer.Option("--config", help="TOML file; its [normalize] table sets the rules.")] = None,
-    show_config: Annotated[bool, typer.Option("--show-config", help="Print the effective config as TOML and exit.")] = False,
+    config_file: Annotated[Path | None, typer.Option("--config", help="TOML file; its \\[normalize] table sets the rules (`--show-config` lists them).")] = None,
+    show: Annotated[bool, typer.Option("--show-config", help="Print the effective config as TOML and exit.")] = False,
     workers: WorkersOpt = 1,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
@@ -38,11 +39,11 @@ def normalize(
     verify_input: VerifyInputOpt = False,
 ) -> None:
     """Repair mojibake, NFKC, strip invisible characters, unify whitespace and punctuation."""
-    from nonllama.pipeline.normalize import config_from_dict, config_to_dict, run_normalize
+    from nonllama.pipeline.normalize import run_normalize
 
-    config = config_from_dict(load_stage_config(config_file, "normalize"))
-    if show_config:
-        print_config("normalize", config_to_dict(config))
+    config = resolve_config(NormalizeConfig, "normalize", config_file, {})
+    if show:
+        show_config("normalize", config)
         return
     inp, out = stage_dirs(workdir, "raw", "normalized", input_dir, output_dir)
     assert inp is not None

@@ -43,14 +43,14 @@ def pack(
     force: ForceOpt = False,
     verify_input: VerifyInputOpt = False,
 ) -> None:
-    """Encode every document into train.bin / val.bin (flat tokens, EOS after each) and index.parquet."""
+    """Encode every document into token shards train-NNNNN.bin / val-NNNNN.bin (one per input part; BOS before and EOS after each document) and index-NNNNN.parquet."""
     from nonllama.pipeline.pack import PackConfig, inspect_packed, parse_mix, run_pack
 
     if inspect is not None:
         manifest, found = inspect_packed(inspect, tokenizer_dir, windows=windows, window_tokens=window_tokens, seed=seed)
         print_counts(manifest, inspect)
         for w in found:
-            console.rule(f"{w.split}.bin tokens {w.offset:,}..{w.offset + len(w.tokens):,}", style="dim")
+            console.rule(f"{w.split} tokens {w.offset:,}..{w.offset + len(w.tokens):,} ({w.where})", style="dim")
             console.print(w.text, highlight=False, markup=False)
         return
     config = PackConfig(val_fraction=val_fraction, mix=parse_mix(split_list(mix)), seed=seed or 0)
@@ -64,7 +64,9 @@ def pack(
 
 
 def print_counts(m: dict, where: Path) -> None:
-    table = Table(title=f"pack -> {where} ({m['dtype']}, vocab {m['vocab_size']:,})", title_justify="left")
+    shards = m.get("shards", {}).get("train", [])
+    table = Table(title=f"pack -> {where} ({m['dtype']}, vocab {m['vocab_size']:,}, {len(shards):,} shards)",
+                  title_justify="left")
     for col in ("source", "train docs", "train tokens", "val docs", "val tokens", "repeat", "train share"):
         table.add_column(col, justify="left" if col == "source" else "right")
     for source, v in m["per_source"].items():

@@ -49,7 +49,7 @@ def train(
     clip: Annotated[float | None, _opt("--clip", help="Gradient norm clip; 0 turns it off.", default=D.clip)] = None,
     max_steps: Annotated[int | None, _opt("--max-steps", help="Optimizer steps to train.", default=1000)] = None,
     max_tokens: Annotated[int | None, _opt("--max-tokens", help="Tokens to train on (instead of --max-steps).")] = None,
-    eval_every: Annotated[int | None, _opt("--eval-every", help="Evaluate on val.bin every this many steps.", default=D.eval_every)] = None,
+    eval_every: Annotated[int | None, _opt("--eval-every", help="Evaluate on the val shards every this many steps.", default=D.eval_every)] = None,
     eval_batches: Annotated[int | None, _opt("--eval-batches", help="Batches of validation windows per evaluation.", default=D.eval_batches)] = None,
     save_every: Annotated[int | None, _opt("--save-every", help="Checkpoint every this many steps (and at the end).", default=D.save_every)] = None,
     keep: Annotated[int | None, _opt("--keep", help="Checkpoints kept (the latest).", default=D.keep)] = None,

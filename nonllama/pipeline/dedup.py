@@ -1,41 +1,69 @@
 """`nonllama dedup`: exact, near-duplicate (MinHash-LSH) and repeated-paragraph removal.
 
-Dedup is global (a copy in part 9 of a document in part 0 must be found), so unlike
-normalize it runs in passes over the input parts, each pass spread over the workers:
+Dedup is global (a copy in part 9 of a document in part 0 must be found), so it runs as
+passes of small tasks (spread by the executor: local processes or Ray) with small reduces in
+the driver between them. Documents are numbered globally in (part, row) order. Tasks write
+their files under ``<output>/.work/scratch`` (kept across an interruption, removed at the end):
 
-1. sketch: per part, the 64-bit xxhash of each document's text with case, whitespace and
-   punctuation removed (exact duplicates), its MinHash signature and LSH band keys (see
-   :mod:`nonllama.pipeline.minhash`), written to ``.npy`` files beside the output.
-2. cluster (one process, all parts): exact duplicates are grouped on their hash; the first
-   of each group is banded with every other document's; every candidate pair (documents
-   sharing a band key) is checked against the threshold, with the signatures' estimate of
-   Jaccard, or with the true Jaccard of the shingle sets (``--verify``); connected components
-   of the confirmed pairs are the clusters.
-3. lines (``--paragraphs`` only): among the documents dedup keeps, count in how many each
-   line occurs; lines found in more than ``paragraph_max_docs`` of them (navigation bars,
-   cookie banners, footers) are cut. Counting after document dedup matters: a document's
-   own copies would otherwise make all its lines "frequent".
-4. write: part i of the output holds the kept rows of input part i (with the cuts); part i
-   of ``removed/`` the others, with ``drop_reason``, ``duplicate_of`` and ``jaccard``; a
-   document the cuts leave empty is removed as ``empty_after_paragraph_dedup``.
+1. ``sketch`` (a task per part): tokens, shingles and MinHash signatures of every document
+   (:mod:`nonllama.pipeline.minhash`). Writes ``lsh-P.npy``: (band key, row) entries sorted by
+   LSH shard (a shard is a range of bands, or of band keys within a band, so that one shard
+   holds a bounded number of entries whatever the corpus size); ``exact-P.npy``: (exact key,
+   row) entries sorted by exact shard (a range of keys); and for the checks ``shingles-P.npy``
+   + ``shoff-P.npy`` (each document's shingle hashes, for the true Jaccard: ``--verify``) or
+   ``sig-P.npy`` (signatures, for the estimate: ``--no-verify``).
+2. ``exact`` (a task per exact shard): its key range from every part; each group of equal keys
+   gives pairs (document, its first document): ``exactpairs-E.npy``, sorted by document.
+   The driver marks those documents in one bit per document (``nonrep.npy``): they are not banded.
+3. ``lsh`` (a task per LSH shard): its entries from every part (only those bytes are read),
+   documents marked in ``nonrep.npy`` left out; every pair of documents sharing a bucket is a
+   candidate (a bucket over 64 documents gives its star and its chain): ``pairs-S.npy``,
+   sorted. The task returns a histogram of the pairs' first documents.
+4. ``verify`` (a task per block of candidate pairs, a range of first documents planned from
+   the histograms): the block's pairs from every shard's file, made distinct; the true Jaccard
+   of each from the shingles of the block's documents only (or the signatures' estimate):
+   ``similar-V.npy``, the pairs at or above the threshold.
+5. the driver: connected components over the exact pairs and the similar pairs, streamed from
+   the files a block at a time (:class:`nonllama.pipeline.minhash.UnionFind`: one int32 per
+   document); per part, the removed rows with why and the global number of the document they
+   duplicate (``decisions-P.npy``), and per part the rows other parts name (``want-P.npy``).
+6. ``ids`` (a task per group of parts): each part's ``id`` column, for the rows other parts
+   name: ``ids-P.arrow``. With ``--paragraphs`` the same tasks count, per line key, in how many
+   kept documents of the part it occurs (``lines-P.npy``, sorted by key range), and
+   ``frequent`` tasks (a key range each) sum those counts over all parts: ``frequent-K.npy``.
+   Counting after document dedup matters: a document's own copies would otherwise make all
+   its lines "frequent".
+7. ``write`` (a task per few parts): part i of the output holds the kept rows of input part i (with
+   frequent lines cut); part i of ``removed/`` the others, with ``drop_reason``,
+   ``duplicate_of`` and ``jaccard``; a document the cuts leave empty is removed as
+   ``empty_after_paragraph_dedup``.
+
+The driver holds one int32 label per document (and for a moment one byte), the removed
+documents' numbers, per-part x per-shard tables and block-sized arrays; never text, ids or a
+per-document frame (the budget: under 100 bytes per document; ``bench/dedup.py --scale``
+measures it). Every task writes its files through a temporary name and a rename, and rewrites
+the same bytes when run again; the tasks and shards are planned from the input's size and the
+config only (:class:`Plan`), so an interrupted run resumes task by task.
 
 Keep rule: in every cluster the document that comes first in (part, row) order is kept, so
-the same input gives the same output whatever the number of workers. ``duplicate_of`` always
-names the document dedup kept (which ``--paragraphs`` may still empty); ``jaccard`` is the MinHash estimate of the removed document's
-similarity to it (1.0 for an exact duplicate).
+the same input gives the same output whatever the executor and number of workers. An exact
+duplicate names in ``duplicate_of`` the first document with its exact text (``jaccard`` 1.0),
+which is the kept one unless that first copy is itself a near duplicate of an earlier
+document; a near duplicate names the kept document of its cluster, with ``jaccard`` the true
+Jaccard of their shingle sets (the MinHash estimate with ``--no-verify``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 from rich.console import Console
 
 from nonllama.pipeline import minhash
@@ -49,14 +77,14 @@ from nonllama.pipeline.driver import (
     merge_counts,
     process_shard,
 )
-from nonllama.pipeline.executors import Executor, LocalExecutor
+from nonllama.pipeline.executors import Executor
 from nonllama.pipeline.io import (
     DEFAULT_BATCH_ROWS,
     Reporter,
     StageRun,
+    atomic_path,
     document_section,
-    iter_part_batches,
-    read_parts,
+    list_parts,
     require_finished,
 )
 
@@ -67,7 +95,23 @@ EXACT = "exact_duplicate"
 NEAR = "near_duplicate"
 EMPTY = "empty_after_paragraph_dedup"
 MAX_CHECKED_BUCKET = 64  # a larger LSH bucket is checked as a star + chain, not all its pairs
-PAIRS_PER_CHECK = 100_000  # candidate pairs whose signatures are in memory at once
+
+# How much one task holds (worker memory is bounded by these, not by the corpus):
+LSH_ENTRIES_PER_TASK = 4_000_000  # (band key, document) entries of one LSH shard (~40 bytes each at work)
+EXACT_ENTRIES_PER_TASK = 8_000_000  # (exact key, document) entries of one exact shard
+PAIRS_PER_BLOCK = 1_000_000  # candidate pairs of one verify task
+CHECK_CELLS = 8_000_000  # shingles (or signature values) of the pairs checked at once within a task
+ID_ROWS_PER_TASK = 4_000_000  # input rows whose id columns one `ids` task reads (without --paragraphs)
+# Input rows one `write` task copies (whole parts): a smaller pass is one task, since starting a
+# worker process (~1 s) costs more than the copy of a few parts saves
+WRITE_ROWS_PER_TASK = 250_000
+LINE_KEYS_PER_TASK = 2_000_000  # documents per line-key range of --paragraphs (a shard of `frequent`)
+UNION_PAIRS = 1 << 20  # pairs the driver adds to the clusters at once
+HISTOGRAM_BINS = 16384  # ranges of first documents that the verify blocks are planned from
+
+ENTRY = np.dtype([("key", "<u8"), ("row", "<u4")])  # 12 bytes
+DECISION = np.dtype([("row", "<u4"), ("reason", "u1"), ("target", "<i8")])
+REASONS = {1: EXACT, 2: NEAR}
 
 
 @dataclass(frozen=True)
@@ -79,7 +123,10 @@ class DedupConfig:
     ngram: int = 3
     bands: int | None = None  # None: the (bands, rows) minimizing weighted false positives + negatives
     rows: int | None = None
-    fp_weight: float = 0.1  # weight of false positives in that choice (false negatives: 1 - it)
+    # weight of false positives in that choice (false negatives: 1 - it). Low, since candidates are
+    # checked (--verify): on short real documents 0.02 (17 x 7) finds 99.9% of the pairs at J >= 0.8
+    # for the same time, where 0.1 (14 x 9) found 96.5%
+    fp_weight: float = 0.02
     seed: int = 1
     exact: bool = True
     near: bool = True
@@ -149,7 +196,7 @@ class DedupConfig:
         return values
 
 
-# ----------------------------------------------------------------------------- per-document steps
+# ----------------------------------------------------------------------------- lines (--paragraphs)
 
 
 def line_table(texts: pl.Series) -> pl.DataFrame:
@@ -182,131 +229,514 @@ def cut_lines(texts: pl.Series, frequent: pl.Series | None) -> tuple[pl.Series, 
     return pl.Series(texts.name, np.where(cut > 0, joined.to_numpy(), texts.to_numpy())).cast(pl.String), cut
 
 
-def exact_keys(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(64-bit xxhash of each text without case, whitespace and punctuation, has content)."""
-    light = texts.fill_null("").str.to_lowercase().str.replace_all(r"[\s\p{P}]+", "")
-    keys = np.fromiter(
-        (xxhash.xxh3_64_intdigest(t.encode()) for t in light.to_list()), np.uint64, count=light.len()
-    )
-    return keys, (light.str.len_bytes() > 0).to_numpy()
+# ----------------------------------------------------------------------------- the plan
 
 
-def sketch(texts: pl.Series, config: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(MinHash signatures (documents x num_perm) uint32, shingles per document)."""
-    tokens = minhash.tokenize(texts)
-    token_hash, lengths = minhash.token_hashes(tokens, config.seed)
-    shingle_hash, counts = minhash.shingle_hashes(token_hash, lengths, config.ngram)
-    a, b = minhash.permutations(config.num_perm, config.seed)
-    return minhash.signatures(shingle_hash, counts, a, b), counts
+@dataclass(frozen=True)
+class Plan:
+    """What every task needs to know of the run: where, what, and how the work is sharded.
 
+    Decided from the input's size and the config only (never from the number of workers),
+    so the same input gives the same tasks and files everywhere.
+    """
 
-def shingle_sets(texts: pl.Series, config: DedupConfig) -> pl.DataFrame:
-    """(doc, h): the distinct shingle hashes of each document (for --verify's true Jaccard)."""
-    tokens = minhash.tokenize(texts)
-    token_hash, lengths = minhash.token_hashes(tokens, config.seed)
-    shingle_hash, counts = minhash.shingle_hashes(token_hash, lengths, config.ngram)
-    doc = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-    return pl.DataFrame({"doc": doc, "h": shingle_hash}).unique()
-
-
-# ----------------------------------------------------------------------------- passes over parts
-
-
-@dataclass
-class PartTask:
-    index: int
-    part: Path
     scratch: Path
     config: DedupConfig
-    rows: np.ndarray | None = None  # --verify: the rows whose shingles are needed
+    offsets: tuple[int, ...]  # global number of each part's first document; the last: the total
+    exact_shards: int
+    lsh_shards: int
+    key_parts: int  # LSH shards per band (1: a shard is a range of whole bands)
+    line_shards: int
+    histogram_bins: int  # ranges of first documents the lsh tasks count their pairs in
     batch_rows: int = DEFAULT_BATCH_ROWS
 
+    @classmethod
+    def make(cls, scratch: Path, config: DedupConfig, part_rows: list[int], batch_rows: int) -> Plan:
+        n = sum(part_rows)
+        bands, _ = config.lsh
+        wanted = max(1, math.ceil(n * bands / LSH_ENTRIES_PER_TASK))
+        key_parts = 1 if wanted <= bands else math.ceil(wanted / bands)
+        lsh_shards = wanted if key_parts == 1 else bands * key_parts
+        offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(part_rows, dtype=np.int64)]))
+        return cls(scratch, config, offsets, max(1, math.ceil(n / EXACT_ENTRIES_PER_TASK)), lsh_shards,
+                   key_parts, max(1, math.ceil(n / LINE_KEYS_PER_TASK)), max(1, min(HISTOGRAM_BINS, n)), batch_rows)
 
-def _load_frequent(path: Path | None) -> pl.Series | None:
-    return None if path is None else pl.Series("key", np.load(path), dtype=pl.UInt64)
+    @property
+    def documents(self) -> int:
+        return self.offsets[-1]
+
+    @property
+    def exact_files(self) -> int:
+        """How many exact shards wrote files (none without --exact or documents)."""
+        return self.exact_shards if self.config.exact and self.documents else 0
+
+    @property
+    def parts(self) -> int:
+        return len(self.offsets) - 1
+
+    def file(self, what: str, index: int, suffix: str = ".npy") -> Path:
+        return self.scratch / f"{what}-{index:05d}{suffix}"
+
+    def part_of(self, docs: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.asarray(self.offsets), docs, side="right") - 1
+
+    def lsh_shard(self, band: np.ndarray, key: np.ndarray) -> np.ndarray:
+        if self.key_parts == 1:
+            return band * self.lsh_shards // self.config.lsh[0]
+        return band * self.key_parts + _key_range(key, self.key_parts)
 
 
-def _scratch(task: PartTask, what: str, suffix: str = ".npy") -> Path:
-    return task.scratch / f"{what}-{task.index:05d}{suffix}"
+def _key_range(key: np.ndarray, shards: int) -> np.ndarray:
+    """Which of `shards` equal ranges of 64-bit keys each key falls in (from its top 32 bits)."""
+    return (((key >> np.uint64(32)) * np.uint64(shards)) >> np.uint64(32)).astype(np.int64)
 
 
-def count_lines(task: PartTask, report: Reporter) -> None:
-    """Pass 3: in how many of this part's kept documents each line occurs."""
-    removed = pl.read_parquet(_scratch(task, "decisions", ".parquet"), columns=["_row"])["_row"]
+def _save(path: Path, array: np.ndarray) -> None:
+    """np.save under `path` through a temporary name: a task's file is whole or absent."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+def _entries(keys: np.ndarray, rows: np.ndarray, shard: np.ndarray, shards: int) -> tuple[np.ndarray, np.ndarray]:
+    """(key, row) entries sorted by shard (stable), and where each shard starts (shards + 1)."""
+    out = np.empty(len(keys), ENTRY)
+    if shards == 1:
+        out["key"], out["row"] = keys, rows
+        return out, np.array([0, len(keys)], np.int64)
+    order = np.argsort(shard, kind="stable")
+    out["key"], out["row"] = keys[order], rows[order]
+    return out, np.searchsorted(shard[order], np.arange(shards + 1)).astype(np.int64)
+
+
+def _save_bounds(plan: Plan, what: str, bounds: list[np.ndarray]) -> Path:
+    """Where each part's file of `what` holds each shard: one (parts x shards + 1) array, which
+    the shard tasks read a column of (a task carries the path, not parts x shards numbers)."""
+    path = plan.scratch / f"{what}-bounds.npy"
+    _save(path, np.stack(bounds) if bounds else np.zeros((0, 2), np.int64))
+    return path
+
+
+def _slices(plan: Plan, what: str, bounds_path: Path, shard: int) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, global documents) of one shard, from every part's file of `what` (only its bytes)."""
+    keys, docs = [], []
+    bounds = np.asarray(_load(bounds_path)[:, shard : shard + 2])
+    for p in range(plan.parts):
+        lo, hi = bounds[p]
+        if hi > lo:
+            entries = _load(plan.file(what, p))[lo:hi]
+            keys.append(np.asarray(entries["key"]))
+            docs.append(entries["row"].astype(np.int64) + plan.offsets[p])
+    if not keys:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    return np.concatenate(keys), np.concatenate(docs)
+
+
+# ----------------------------------------------------------------------------- pass 1: sketch
+
+
+@dataclass(frozen=True)
+class SketchTask:
+    plan: Plan
+    index: int
+    part: Path
+
+
+@dataclass(frozen=True)
+class Sketched:
+    rows: int
+    exact_bounds: np.ndarray  # where each exact shard starts in exact-P.npy
+    lsh_bounds: np.ndarray  # where each LSH shard starts in lsh-P.npy
+
+
+def sketch_part(task: SketchTask, report: Reporter) -> Sketched:
+    """Exact keys, band keys and (for the checks) shingles or signatures of one part."""
+    plan, config = task.plan, task.plan.config
+    bands, rows_per_band = config.lsh
+    a, b = minhash.permutations(config.num_perm, config.seed)
+    if config.verify:  # no estimates: only the permutations the bands use (the same values)
+        a, b = a[: bands * rows_per_band], b[: bands * rows_per_band]
+    exact_keys, exact_rows, band_keys, band_rows = [], [], [], []
+    shingles, shingle_counts, sigs = [], [], []
+    offset = 0
+    for batch in pq.ParquetFile(task.part).iter_batches(batch_size=plan.batch_rows, columns=["text"]):
+        texts = pl.Series("text", batch.column(0))
+        token_hash, lengths, keys, content = minhash.text_features(texts, config.seed, exact=config.exact)
+        if config.exact:
+            exact_keys.append(keys[content])
+            exact_rows.append(np.flatnonzero(content) + offset)
+        if config.near:
+            shingle_hash, counts = minhash.shingle_hashes(token_hash, lengths, config.ngram)
+            banded = np.flatnonzero(counts > 0)
+            sig = minhash.signatures(shingle_hash, counts, a, b)
+            band_keys.append(minhash.band_keys(sig[banded], bands, rows_per_band))
+            band_rows.append(banded + offset)
+            if config.verify:
+                shingles.append(shingle_hash)
+                shingle_counts.append(counts)
+            else:
+                sigs.append(sig)
+        offset += len(texts)
+        report(len(texts), int(texts.str.len_bytes().sum() or 0))
+
+    exact_bounds = np.zeros(plan.exact_shards + 1, np.int64)
+    if config.exact:
+        keys = np.concatenate(exact_keys) if exact_keys else np.zeros(0, np.uint64)
+        rows = np.concatenate(exact_rows) if exact_rows else np.zeros(0, np.int64)
+        entries, exact_bounds = _entries(keys, rows, _key_range(keys, plan.exact_shards), plan.exact_shards)
+        _save(plan.file("exact", task.index), entries)
+    lsh_bounds = np.zeros(plan.lsh_shards + 1, np.int64)
+    if config.near:
+        keys2d = np.concatenate(band_keys) if band_keys else np.zeros((0, bands), np.uint64)
+        rows = np.concatenate(band_rows) if band_rows else np.zeros(0, np.int64)
+        # band-major: within a shard, entries of one key come in row order
+        band = np.repeat(np.arange(bands), len(rows))
+        keys, rows = keys2d.T.ravel(), np.tile(rows, bands)
+        entries, lsh_bounds = _entries(keys, rows, plan.lsh_shard(band, keys), plan.lsh_shards)
+        _save(plan.file("lsh", task.index), entries)
+        if config.verify:
+            counts = np.concatenate(shingle_counts) if shingle_counts else np.zeros(0, np.int64)
+            _save(plan.file("shingles", task.index), np.concatenate(shingles) if shingles else np.zeros(0, np.uint32))
+            _save(plan.file("shoff", task.index), np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]))
+        else:
+            _save(plan.file("sig", task.index),
+                  np.concatenate(sigs) if sigs else np.zeros((0, config.num_perm), np.uint32))
+    return Sketched(offset, exact_bounds, lsh_bounds)
+
+
+# ----------------------------------------------------------------------------- pass 2: exact
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    plan: Plan
+    shard: int
+    bounds: Path  # (parts x shards + 1): where each part's file holds each shard (_save_bounds)
+
+
+def exact_shard(task: ShardJob, report: Reporter) -> int:
+    """Groups of equal exact keys in one key range: (document, first of its group) pairs."""
+    keys, docs = _slices(task.plan, "exact", task.bounds, task.shard)
+    order = np.argsort(keys, kind="stable")  # parts and rows come in order: equal keys stay in document order
+    keys, docs = keys[order], docs[order]
+    first = np.ones(len(keys), bool)
+    first[1:] = keys[1:] != keys[:-1]
+    rep = docs[np.flatnonzero(first)][np.cumsum(first) - 1]
+    dup = ~first
+    doc, rep = docs[dup], rep[dup]
+    order = np.argsort(doc)
+    _save(task.plan.file("exactpairs", task.shard), np.stack([doc[order], rep[order]]).astype(np.int64))
+    return int(dup.sum())
+
+
+# ----------------------------------------------------------------------------- pass 3: lsh
+
+
+def lsh_shard(task: ShardJob, report: Reporter) -> np.ndarray:
+    """Candidate pairs of one LSH shard (its bands / key range, from every part); returns the
+    histogram of their first documents over HISTOGRAM_BINS ranges."""
+    plan = task.plan
+    keys, docs = _slices(plan, "lsh", task.bounds, task.shard)
+    nonrep = plan.scratch / "nonrep.npy"
+    if plan.config.exact and nonrep.exists() and len(docs):
+        bits = _load(nonrep)
+        marked = (bits[docs >> 3] >> (7 - (docs & 7)).astype(np.uint8)) & 1
+        keys, docs = keys[marked == 0], docs[marked == 0]
+    a, b = minhash.candidate_pairs(keys, docs, MAX_CHECKED_BUCKET)
+    _save(plan.file("pairs", task.shard), np.stack([a, b]))
+    bins = plan.histogram_bins
+    return np.bincount(a * bins // max(1, plan.documents), minlength=bins).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- pass 4: verify
+
+
+@dataclass(frozen=True)
+class VerifyTask:
+    plan: Plan
+    index: int
+    lo: int  # first documents in [lo, hi)
+    hi: int
+
+
+def verify_block(task: VerifyTask, report: Reporter) -> tuple[int, int]:
+    """The distinct candidate pairs whose first document is in [lo, hi), checked against the
+    threshold; writes those that pass. Returns (candidates, similar)."""
+    plan = task.plan
+    a_parts, b_parts = [], []
+    for s in range(plan.lsh_shards):
+        pairs = _load(plan.file("pairs", s))
+        lo, hi = np.searchsorted(pairs[0], [task.lo, task.hi])
+        if hi > lo:
+            a_parts.append(np.asarray(pairs[0, lo:hi]))
+            b_parts.append(np.asarray(pairs[1, lo:hi]))
+    a = np.concatenate(a_parts) if a_parts else np.zeros(0, np.int64)
+    b = np.concatenate(b_parts) if b_parts else np.zeros(0, np.int64)
+    a, b = minhash.unique_pairs(a, b)
+    similarity = pair_similarity(plan, a, b)
+    keep = similarity >= plan.config.threshold
+    _save(plan.file("similar", task.index), np.stack([a[keep], b[keep]]))
+    report(0, 0)
+    return len(a), int(keep.sum())
+
+
+def pair_similarity(plan: Plan, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Jaccard of each pair of global documents: true (their shingle sets) with --verify, else the
+    MinHash estimate. Reads only these documents' rows, a bounded number of values at a time."""
+    out = np.zeros(len(a))
+    if len(a) == 0:
+        return out
+    if plan.config.verify:
+        cost = _shingle_counts(plan, a) + _shingle_counts(plan, b)
+    else:
+        cost = np.full(len(a), 2 * plan.config.num_perm, np.int64)
+    chunk_of = np.cumsum(cost) // CHECK_CELLS
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(chunk_of)) + 1, [len(a)]])
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        pa_, pb_ = a[lo:hi], b[lo:hi]
+        if plan.config.verify:
+            out[lo:hi] = _true_jaccard(plan, pa_, pb_)
+        else:
+            out[lo:hi] = minhash.estimated_jaccard(_signatures_of(plan, pa_), _signatures_of(plan, pb_))
+    return out
+
+
+def _by_part(plan: Plan, docs: np.ndarray):
+    """(part, positions in `docs`, rows in that part) for each part the documents fall in."""
+    part = plan.part_of(docs)
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(plan.parts + 1))
+    for p in np.flatnonzero(np.diff(bounds)):
+        at = order[bounds[p] : bounds[p + 1]]
+        yield int(p), at, docs[at] - plan.offsets[p]
+
+
+def _shingle_counts(plan: Plan, docs: np.ndarray) -> np.ndarray:
+    counts = np.zeros(len(docs), np.int64)
+    for p, at, rows in _by_part(plan, docs):
+        off = _load(plan.file("shoff", p))
+        counts[at] = off[rows + 1] - off[rows]
+    return counts
+
+
+def _signatures_of(plan: Plan, docs: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(docs), plan.config.num_perm), np.uint32)
+    for p, at, rows in _by_part(plan, docs):
+        out[at] = _load(plan.file("sig", p))[rows]
+    return out
+
+
+def _true_jaccard(plan: Plan, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|A & B| / |A | B| of the pairs' distinct shingle hashes, all in numpy."""
+    docs = minhash.distinct(np.concatenate([a, b]))
+    ia, ib = np.searchsorted(docs, a), np.searchsorted(docs, b)
+    chunks = []
+    for p, at, rows in _by_part(plan, docs):
+        off = _load(plan.file("shoff", p))
+        lo, hi = off[rows], off[rows + 1]
+        n = hi - lo
+        index = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+        chunks.append((at, n, np.asarray(_load(plan.file("shingles", p))[index])))
+    owner = np.concatenate([np.repeat(at, n) for at, n, _ in chunks])
+    values = np.concatenate([v for _, _, v in chunks])
+    # one sorted array of distinct (document, shingle) keys; a set's members are contiguous
+    keys = minhash.distinct((owner.astype(np.uint64) << np.uint64(32)) | values.astype(np.uint64))
+    sizes = np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=len(docs))
+    starts = np.cumsum(sizes) - sizes
+    # look up each member of the smaller set in the other set
+    swap = sizes[ia] > sizes[ib]
+    small, large = np.where(swap, ib, ia), np.where(swap, ia, ib)
+    n = sizes[small]
+    pair = np.repeat(np.arange(len(a)), n)
+    position = np.repeat(starts[small], n) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+    probe = (large[pair].astype(np.uint64) << np.uint64(32)) | (keys[position] & np.uint64(0xFFFFFFFF))
+    found = np.searchsorted(keys, probe)
+    hit = keys[np.minimum(found, len(keys) - 1)] == probe
+    common = np.bincount(pair[hit], minlength=len(a))
+    union = sizes[ia] + sizes[ib] - common
+    return np.where(union > 0, common / np.maximum(union, 1), 1.0)
+
+
+# ----------------------------------------------------------------------------- pass 5: clusters (driver)
+
+
+def _exact_links(plan: Plan, uf: minhash.UnionFind) -> np.ndarray:
+    """Link every exact duplicate to its group's first document; the bit per document it sets."""
+    marked = np.zeros(plan.documents, bool)
+    for e in range(plan.exact_files):
+        pairs = _load(plan.file("exactpairs", e))
+        for lo in range(0, pairs.shape[1], UNION_PAIRS):
+            doc, rep = np.asarray(pairs[0, lo : lo + UNION_PAIRS]), np.asarray(pairs[1, lo : lo + UNION_PAIRS])
+            uf.parent[doc] = rep  # the first of a group is a root: nothing else links before this
+            marked[doc] = True
+    return marked
+
+
+def _decide(plan: Plan, uf: minhash.UnionFind, verify_blocks: int, parts: list[Path]) -> dict[str, int]:
+    """Clusters from the similar pairs (streamed), then per part the removed rows, why, and the
+    document each duplicates; per part the rows other parts name. Returns the counts."""
+    for v in range(verify_blocks):
+        pairs = _load(plan.file("similar", v))
+        for lo in range(0, pairs.shape[1], UNION_PAIRS):
+            uf.union(np.asarray(pairs[0, lo : lo + UNION_PAIRS]), np.asarray(pairs[1, lo : lo + UNION_PAIRS]))
+    labels = uf.flatten()
+    exact_pairs = [_load(plan.file("exactpairs", e)) for e in range(plan.exact_files)]
+    targets, roots = [], []
+    exact_total = 0
+    for p in range(plan.parts):
+        lo, hi = plan.offsets[p], plan.offsets[p + 1]
+        removed = np.flatnonzero(labels[lo:hi] != np.arange(lo, hi, dtype=labels.dtype))
+        target = labels[lo:hi][removed].astype(np.int64)
+        reason = np.full(len(removed), 2, np.uint8)
+        for pairs in exact_pairs:  # an exact duplicate names the first of its exact group
+            a, z = np.searchsorted(pairs[0], [lo, hi])
+            if z > a:
+                at = np.searchsorted(removed, np.asarray(pairs[0, a:z]) - lo)
+                target[at] = pairs[1, a:z]
+                reason[at] = 1
+        decisions = np.empty(len(removed), DECISION)
+        decisions["row"], decisions["reason"], decisions["target"] = removed, reason, target
+        _save(plan.file("decisions", p), decisions)
+        targets.append(target)
+        roots.append(labels[lo:hi][removed])
+        exact_total += int((reason == 1).sum())
+    wanted = minhash.distinct(np.concatenate(targets)) if targets else np.zeros(0, np.int64)
+    bounds = np.searchsorted(wanted, np.asarray(plan.offsets))
+    for q in range(plan.parts):
+        _save(plan.file("want", q), (wanted[bounds[q] : bounds[q + 1]] - plan.offsets[q]).astype(np.uint32))
+    roots_all = np.sort(np.concatenate(roots)) if roots else np.zeros(0, np.int64)
+    first = np.flatnonzero(np.concatenate([[True], roots_all[1:] != roots_all[:-1]])) if len(roots_all) else roots_all
+    sizes = np.diff(np.append(first, len(roots_all)))
+    removed_total = len(roots_all)
+    return {
+        "exact_duplicates": exact_total,
+        "near_duplicates": removed_total - exact_total,
+        "clusters": len(sizes),
+        "largest_cluster": int(sizes.max()) + 1 if len(sizes) else (1 if plan.documents else 0),
+    }
+
+
+# ----------------------------------------------------------------------------- pass 6: ids, lines
+
+
+@dataclass(frozen=True)
+class IdsTask:
+    plan: Plan
+    parts: list[tuple[int, Path]]
+
+
+def resolve_ids(task: IdsTask, report: Reporter) -> list[np.ndarray]:
+    """For each of its parts: the ids of the rows other parts name (``ids-P.arrow``), and with
+    --paragraphs the line counts of its kept documents. Returns each part's line-shard bounds."""
+    plan = task.plan
+    bounds: list[np.ndarray] = []
+    for p, path in task.parts:
+        want = np.load(plan.file("want", p))
+        ids = pq.read_table(path, columns=["id"]).column("id").take(pa.array(want, pa.uint32()))
+        table = pa.table({"id": ids.cast(pa.large_string())})
+        with atomic_path(plan.file("ids", p, ".arrow")) as tmp:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+        if plan.config.paragraphs:
+            bounds.append(_count_lines(plan, p, path, report))
+        else:
+            report(plan.offsets[p + 1] - plan.offsets[p], 0)
+    return bounds
+
+
+def _count_lines(plan: Plan, p: int, path: Path, report: Reporter) -> np.ndarray:
+    """In how many kept documents of part p each line key occurs: ``lines-P.npy`` by key range."""
+    removed = pl.Series("row", np.load(plan.file("decisions", p))["row"], dtype=pl.UInt32)
     counts: list[pl.DataFrame] = []
     offset = 0
-    for batch in iter_part_batches(task.part, task.batch_rows):
-        rows = pl.int_range(offset, offset + batch.height, eager=True, dtype=pl.UInt32)
-        kept = batch["text"].filter(~rows.is_in(removed.implode()))
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=plan.batch_rows, columns=["text"]):
+        texts = pl.Series("text", batch.column(0))
+        rows = pl.int_range(offset, offset + len(texts), eager=True, dtype=pl.UInt32)
+        kept = texts.filter(~rows.is_in(removed.implode()))
         lines = line_table(kept).drop_nulls("key").select("doc", "key").unique()
         counts.append(lines.group_by("key").len("docs"))
-        offset += batch.height
-        report(batch.height, int(batch["text"].str.len_bytes().sum() or 0))
+        offset += len(texts)
+        report(len(texts), int(texts.str.len_bytes().sum() or 0))
     table = pl.concat(counts) if counts else pl.DataFrame(schema={"key": pl.UInt64, "docs": pl.UInt32})
-    table.group_by("key").agg(pl.col("docs").sum()).write_parquet(_scratch(task, "lines", ".parquet"))
+    table = table.group_by("key").agg(pl.col("docs").sum()).sort("key")
+    keys = table["key"].to_numpy().astype(np.uint64)
+    entries, bounds = _entries(keys, table["docs"].to_numpy().astype(np.uint32),
+                               _key_range(keys, plan.line_shards), plan.line_shards)
+    _save(plan.file("lines", p), entries)
+    return bounds
 
 
-def sketch_part(task: PartTask, report: Reporter) -> int:
-    """Pass 1: exact keys, signatures and band keys of one part, saved as .npy; returns its rows."""
-    config = task.config
-    bands, rows = config.lsh
-    keys, content, shingles, sigs = [], [], [], []
-    for batch in iter_part_batches(task.part, task.batch_rows):
-        k, c = exact_keys(batch["text"])
-        sig, counts = sketch(batch["text"], config)
-        keys.append(k)
-        content.append(c)
-        sigs.append(sig)
-        shingles.append(counts)
-        report(batch.height, int(batch["text"].str.len_bytes().sum() or 0))
-    sig = np.concatenate(sigs) if sigs else np.zeros((0, config.num_perm), np.uint32)
-    np.save(_scratch(task, "sig"), sig)
-    np.save(_scratch(task, "bands"), minhash.band_keys(sig, bands, rows))
-    np.save(_scratch(task, "exact"), np.concatenate(keys) if keys else np.zeros(0, np.uint64))
-    flags = np.zeros(len(sig), np.uint8)
-    if len(sig):
-        flags |= np.concatenate(content).astype(np.uint8) * CONTENT
-        flags |= (np.concatenate(shingles) > 0).astype(np.uint8) * SHINGLES
-    np.save(_scratch(task, "flags"), flags)
-    return len(sig)
+def frequent_lines(task: ShardJob, report: Reporter) -> tuple[int, int]:
+    """Line keys of one key range found in more than paragraph_max_docs kept documents (summed
+    over every part): ``frequent-K.npy``. Returns (frequent lines, documents they occur in)."""
+    keys, docs = [], []
+    bounds = np.asarray(_load(task.bounds)[:, task.shard : task.shard + 2])
+    for p in range(task.plan.parts):
+        lo, hi = bounds[p]
+        if hi > lo:
+            entries = _load(task.plan.file("lines", p))[lo:hi]
+            keys.append(np.asarray(entries["key"]))
+            docs.append(entries["row"].astype(np.int64))  # the count, stored in the row field
+    key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+    count = np.concatenate(docs) if docs else np.zeros(0, np.int64)
+    order = np.argsort(key, kind="stable")
+    key, count = key[order], count[order]
+    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]])) if len(key) else np.zeros(0, np.int64)
+    total = np.add.reduceat(count, first) if len(key) else count
+    frequent = total > task.plan.config.paragraph_max_docs
+    _save(task.plan.file("frequent", task.shard), key[first][frequent])
+    return int(frequent.sum()), int(total[frequent].sum())
 
 
-CONTENT, SHINGLES = np.uint8(1), np.uint8(2)  # bits of the per-document flags
-
-
-def shingle_part(task: PartTask, report: Reporter) -> None:
-    """--verify: the shingle sets of the requested rows of one part (doc = row in the part)."""
-    assert task.rows is not None
-    wanted = pl.Series("row", task.rows, dtype=pl.Int64)
-    sets, offset = [], 0
-    for batch in iter_part_batches(task.part, task.batch_rows):
-        rows = pl.int_range(offset, offset + batch.height, eager=True, dtype=pl.Int64)
-        pick = rows.is_in(wanted.implode())
-        if pick.any():
-            table = shingle_sets(batch["text"].filter(pick), task.config)
-            sets.append(table.with_columns(doc=rows.filter(pick).gather(table["doc"])))
-        offset += batch.height
-        report(batch.height, 0)
-    table = pl.concat(sets) if sets else pl.DataFrame(schema={"doc": pl.Int64, "h": pl.UInt32})
-    table.write_parquet(_scratch(task, "shingles", ".parquet"))
+# ----------------------------------------------------------------------------- pass 7: write
 
 
 class ApplyDecisions:
-    """Pass 4's transform: split a part's batches into kept (cut) rows and removed rows.
+    """The write pass's transform: split a part's batches into kept (cut) rows and removed rows.
 
     Stateful (the row number within the part) and picklable: one instance per part, fed its
-    batches in order by :func:`nonllama.pipeline.io.process_shard`.
+    batches in order by :func:`nonllama.pipeline.driver.process_shard`. At its first batch it
+    builds the part's removal table: the ids of the documents named (from the ``ids`` files of
+    the parts they are in, memory-mapped: only those rows are read) and the similarities.
     """
 
-    def __init__(self, decisions: Path, frequent: Path | None):
-        self.decisions, self.frequent, self.next_row = decisions, frequent, 0
+    def __init__(self, plan: Plan, index: int):
+        self.plan, self.index, self.next_row = plan, index, 0
         self._table: pl.DataFrame | None = None
         self._frequent: pl.Series | None = None
 
+    def _load(self) -> None:
+        plan = self.plan
+        decisions = np.load(plan.file("decisions", self.index))
+        target = decisions["target"]
+        names = np.empty(len(target), object)
+        for q, at, rows in _by_part(plan, target):
+            want = _load(plan.file("want", q))
+            column = pa.ipc.open_file(pa.memory_map(str(plan.file("ids", q, ".arrow")))).read_all().column("id")
+            names[at] = column.take(pa.array(np.searchsorted(want, rows), pa.int64())).to_pylist()
+        similarity = np.ones(len(target))
+        near = np.flatnonzero(decisions["reason"] == 2)
+        if len(near) and plan.config.near:
+            own = decisions["row"][near].astype(np.int64) + plan.offsets[self.index]
+            similarity[near] = pair_similarity(plan, own, target[near])
+        self._table = pl.DataFrame({
+            "_row": pl.Series(decisions["row"], dtype=pl.UInt32),
+            "drop_reason": pl.Series([REASONS[r] for r in decisions["reason"].tolist()], dtype=pl.String),
+            "duplicate_of": pl.Series(names.tolist(), dtype=pl.String),
+            "jaccard": np.round(similarity, 4),
+        })
+        if plan.config.paragraphs:
+            keys = [np.load(plan.file("frequent", k)) for k in range(plan.line_shards)]
+            self._frequent = pl.Series("key", np.concatenate(keys), dtype=pl.UInt64)
+
     def __call__(self, batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         if self._table is None:
-            self._table = pl.read_parquet(self.decisions)
-            self._frequent = _load_frequent(self.frequent)
+            self._load()
+        assert self._table is not None
         first, self.next_row = self.next_row, self.next_row + batch.height
         marked = batch.with_row_index("_row", offset=first).join(
             self._table, on="_row", how="left", maintain_order="left"
@@ -324,112 +754,9 @@ class ApplyDecisions:
         return kept.with_columns(texts.alias("text")).filter(~emptied), removed
 
 
-# ----------------------------------------------------------------------------- clustering
-
-
-@dataclass
-class Decisions:
-    """Per document of the corpus (global row number): the cluster root and why it goes."""
-
-    root: np.ndarray  # the kept document of its cluster (itself when kept)
-    reason: np.ndarray  # 0 kept, 1 exact duplicate, 2 near duplicate
-    stats: dict[str, int] = field(default_factory=dict)
-
-
-REASONS = np.array([None, EXACT, NEAR], dtype=object)
-
-
-def cluster(
-    scratch: Path,
-    offsets: np.ndarray,
-    config: DedupConfig,
-    verify_pairs: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
-) -> Decisions:
-    """Exact groups, then LSH buckets over every part's band keys, then components.
-
-    `offsets[i]` is the global number of part i's first row. `verify_pairs`, when given,
-    keeps the candidate pairs (a, b) whose true Jaccard reaches the threshold.
-    """
-    n_parts = len(offsets) - 1
-
-    def load(what: str, dtype: type) -> np.ndarray:
-        arrays = [np.load(scratch / f"{what}-{i:05d}.npy") for i in range(n_parts)]
-        return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype)
-
-    flags = load("flags", np.uint8)
-    n = len(flags)
-    doc = np.arange(n, dtype=np.int64)
-    stats: dict[str, int] = {}
-
-    exact_rep = doc.copy()
-    if config.exact and n:
-        exact = pl.DataFrame({"doc": doc, "key": load("exact", np.uint64)}).filter(
-            pl.Series((flags & CONTENT) > 0)
-        )
-        groups = exact.with_columns(rep=pl.col("doc").min().over("key"))
-        exact_rep[groups["doc"].to_numpy()] = groups["rep"].to_numpy()
-
-    u = v = np.zeros(0, np.int64)
-    if config.near and n:
-        banded = (exact_rep == doc) & ((flags & SHINGLES) > 0)
-        keys = np.concatenate(
-            [
-                np.load(scratch / f"bands-{i:05d}.npy", mmap_mode="r")[banded[offsets[i] : offsets[i + 1]]]
-                for i in range(n_parts)
-            ]
-        )
-        bucketed = minhash.buckets(keys, doc[banded])
-        del keys
-        pairs = minhash.candidate_pairs(bucketed, MAX_CHECKED_BUCKET)
-        del bucketed
-        if verify_pairs is None:
-            similar = pairs.filter(_estimates(scratch, offsets, pairs) >= config.threshold)
-        else:
-            similar = verify_pairs(pairs)
-        stats["candidate_pairs"] = pairs.height
-        stats["candidates_below_threshold"] = pairs.height - similar.height
-        u, v = similar["a"].to_numpy(), similar["b"].to_numpy()
-    labels = minhash.connected_components(n, u, v)
-    root = labels[exact_rep]
-    reason = np.zeros(n, np.int8)
-    reason[(root != doc) & (exact_rep != doc)] = 1
-    reason[(root != doc) & (exact_rep == doc)] = 2
-    sizes = np.bincount(root, minlength=n) if n else np.zeros(0, np.int64)
-    stats.update(
-        exact_duplicates=int((reason == 1).sum()),
-        near_duplicates=int((reason == 2).sum()),
-        clusters=int((sizes > 1).sum()),
-        largest_cluster=int(sizes.max()) if n else 0,
-    )
-    return Decisions(root, reason, stats)
-
-
-def _estimates(scratch: Path, offsets: np.ndarray, pairs: pl.DataFrame) -> np.ndarray:
-    """MinHash estimate of the Jaccard of every candidate pair, a block of pairs at a time."""
-    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
-    out = np.zeros(len(a))
-    for lo in range(0, len(a), PAIRS_PER_CHECK):
-        hi = lo + PAIRS_PER_CHECK
-        out[lo:hi] = minhash.estimated_jaccard(
-            gather_signatures(scratch, offsets, a[lo:hi]), gather_signatures(scratch, offsets, b[lo:hi])
-        )
-    return out
-
-
-def gather_signatures(scratch: Path, offsets: np.ndarray, docs: np.ndarray) -> np.ndarray:
-    """Signature rows of the given global documents, reading only those rows (memory-mapped)."""
-    out = np.zeros((len(docs), 0), np.uint32)
-    parts = np.searchsorted(offsets, docs, side="right") - 1
-    chunks = []
-    for i in np.unique(parts):
-        sig = np.load(scratch / f"sig-{i:05d}.npy", mmap_mode="r")
-        at = np.flatnonzero(parts == i)
-        chunks.append((at, np.asarray(sig[docs[at] - offsets[i]])))
-    if chunks:
-        out = np.zeros((len(docs), chunks[0][1].shape[1]), np.uint32)
-        for at, rows in chunks:
-            out[at] = rows
-    return out
+def write_parts(tasks: list[ShardTask], report: Reporter) -> list[ShardResult]:
+    """The write pass's task: input part i -> output part i and removed part i, for a few parts."""
+    return [process_shard(task, report) for task in tasks]
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -454,50 +781,59 @@ def run_dedup(
     job = StageJob(STAGE, config.to_dict(), output_dir, [input_dir],
                    {"dir": str(input_dir), "stage": inp.stage, "digest": inp.digest},
                    lambda ctx: _deduplicate(inp, output_dir, config, ctx, batch_rows))
-    return drive(job, executor=executor or LocalExecutor(workers, console), force=force, console=console)
+    return drive(job, executor=executor, workers=workers, force=force, console=console)
 
 
 def _deduplicate(inp: StageInput, output_dir: Path, config: DedupConfig, ctx: StageContext, batch_rows: int) -> dict:
     """The passes of dedup over a claimed `output_dir`; returns the manifest section."""
     parts = inp.paths
-    scratch = ctx.work_dir
+    plan = Plan.make(ctx.work_dir, config, [p.rows for p in inp.parts], batch_rows)
     total = inp.rows
 
-    def tasks(**extra: Any) -> list[PartTask]:
-        return [PartTask(i, p, scratch, config, batch_rows=batch_rows, **extra) for i, p in enumerate(parts)]
+    def run(fn, tasks: list, what: str, docs: int | None = None) -> list:
+        return ctx.map(fn, tasks, label=f"{STAGE}: {what}", total_docs=docs)
 
-    def run(fn, todo: list, what: str) -> list:
-        return ctx.map(fn, todo, label=f"{STAGE}: {what}", total_docs=total)
+    sketched: list[Sketched] = run(sketch_part, [SketchTask(plan, i, p) for i, p in enumerate(parts)], "sketch", total)
+    stats: dict[str, int] = {}
+    uf = minhash.UnionFind(plan.documents)
+    if plan.exact_files:
+        bounds = _save_bounds(plan, "exact", [s.exact_bounds for s in sketched])
+        run(exact_shard, [ShardJob(plan, e, bounds) for e in range(plan.exact_shards)], "exact")
+    marked = _exact_links(plan, uf)
+    verify_blocks = 0
+    if config.near and plan.documents:
+        _save(plan.scratch / "nonrep.npy", np.packbits(marked))
+        del marked
+        bounds = _save_bounds(plan, "lsh", [s.lsh_bounds for s in sketched])
+        histograms = run(lsh_shard, [ShardJob(plan, s, bounds) for s in range(plan.lsh_shards)], "lsh")
+        blocks = _plan_blocks(plan, np.sum(histograms, axis=0, dtype=np.int64))
+        checked = run(verify_block, [VerifyTask(plan, v, lo, hi) for v, (lo, hi) in enumerate(blocks)],
+                      "verify" if config.verify else "check")
+        verify_blocks = len(blocks)
+        stats["candidate_pairs"] = sum(c for c, _ in checked)
+        stats["candidates_below_threshold"] = sum(c - s for c, s in checked)
+    else:
+        del marked
+    stats.update(_decide(plan, uf, verify_blocks, parts))
+    del uf
 
-    rows_per_part = run(sketch_part, tasks(), "sketch")
-    offsets = np.concatenate([[0], np.cumsum(rows_per_part)]).astype(np.int64)
-    verify = None
-    if config.verify:
-        verify = lambda pairs: _verify(pairs, parts, offsets, scratch, config, run)  # noqa: E731
-    decisions = cluster(scratch, offsets, config, verify)
-    _write_decisions(decisions, parts, offsets, scratch)
-
-    frequent_path: Path | None = None
-    stats = dict(decisions.stats, frequent_lines=0, paragraphs_cut=0)
+    # the ids pass: with --paragraphs one part a task (the line counts read the text), else as
+    # many parts as hold ID_ROWS_PER_TASK rows (id columns are small)
+    groups = _groups(plan, ID_ROWS_PER_TASK, lambda p: config.paragraphs, parts)
+    line_bounds = [b for bounds in run(resolve_ids, [IdsTask(plan, g) for g in groups], "ids") for b in bounds]
+    stats["frequent_lines"] = stats["paragraphs_cut"] = 0
     if config.paragraphs:
-        run(count_lines, tasks(), "count lines")
-        frequent = (
-            pl.scan_parquet([scratch / f"lines-{i:05d}.parquet" for i in range(len(parts))])
-            .group_by("key").agg(pl.col("docs").sum())
-            .filter(pl.col("docs") > config.paragraph_max_docs)
-            .collect()
-        )
-        frequent_path = scratch / "frequent-lines.npy"
-        np.save(frequent_path, np.sort(frequent["key"].to_numpy()))
-        stats["frequent_lines"] = frequent.height
-        stats["paragraphs_cut"] = int(frequent["docs"].sum() or 0)  # (document, line) pairs
+        path = _save_bounds(plan, "lines", line_bounds)
+        found = run(frequent_lines, [ShardJob(plan, k, path) for k in range(plan.line_shards)], "frequent lines")
+        stats["frequent_lines"] = sum(f for f, _ in found)
+        stats["paragraphs_cut"] = sum(d for _, d in found)  # (document, line) pairs
 
-    shard_tasks = [
-        ShardTask(i, p, output_dir, output_dir / SIDE_DIR,
-                  ApplyDecisions(scratch / f"decisions-{i:05d}.parquet", frequent_path), batch_rows)
-        for i, p in enumerate(parts)
+    shard_tasks = [ShardTask(i, p, output_dir, output_dir / SIDE_DIR, ApplyDecisions(plan, i), batch_rows)
+                   for i, p in enumerate(parts)]
+    groups = _groups(plan, WRITE_ROWS_PER_TASK, lambda p: False)
+    results: list[ShardResult] = [
+        r for done in run(write_parts, [[shard_tasks[p] for p, _ in g] for g in groups], "write", total) for r in done
     ]
-    results: list[ShardResult] = run(process_shard, shard_tasks, "write")
     counts = merge_counts(results, f"{STAGE} {inp.dir} -> {output_dir}")
     stats[EMPTY] = counts.drop_reasons.get(EMPTY, 0)
     stats["bands"], stats["rows"] = config.lsh
@@ -505,75 +841,37 @@ def _deduplicate(inp: StageInput, output_dir: Path, config: DedupConfig, ctx: St
                             [r.side_part for r in results if r.side_part], extra={"dedup": stats})
 
 
-def _write_decisions(decisions: Decisions, parts: list[Path], offsets: np.ndarray, scratch: Path) -> None:
-    """Per part, the removed rows: (_row, drop_reason, duplicate_of id, estimated jaccard)."""
-    removed = np.flatnonzero(decisions.reason > 0)
-    roots = decisions.root[removed]
-    jaccard = np.ones(len(removed))
-    for lo in range(0, len(removed), PAIRS_PER_CHECK):
-        hi = lo + PAIRS_PER_CHECK
-        jaccard[lo:hi] = minhash.estimated_jaccard(
-            gather_signatures(scratch, offsets, removed[lo:hi]), gather_signatures(scratch, offsets, roots[lo:hi])
-        )
-    root_ids = _ids_of(parts, offsets, roots)
-    for i in range(len(parts)):
-        lo, hi = np.searchsorted(removed, [offsets[i], offsets[i + 1]])
-        pl.DataFrame(
-            {
-                "_row": (removed[lo:hi] - offsets[i]).astype(np.uint32),
-                "drop_reason": pl.Series(REASONS[decisions.reason[removed[lo:hi]]].tolist(), dtype=pl.String),
-                "duplicate_of": pl.Series(root_ids[lo:hi].tolist(), dtype=pl.String),
-                "jaccard": np.round(jaccard[lo:hi], 4),
-            }
-        ).write_parquet(scratch / f"decisions-{i:05d}.parquet")
+def _plan_blocks(plan: Plan, histogram: np.ndarray) -> list[tuple[int, int]]:
+    """Ranges of first documents, each with at most PAIRS_PER_BLOCK candidate pairs (a bin that
+    alone holds more is a block by itself), from the summed histograms of the lsh tasks."""
+    n, bins = plan.documents, plan.histogram_bins
+
+    def first_document(b: int) -> int:  # of bin b, where bin = doc * bins // n
+        return -(-b * n // bins)
+
+    blocks, start, held = [], 0, 0
+    for b, count in enumerate(histogram.tolist()):
+        if held and held + count > PAIRS_PER_BLOCK:
+            blocks.append((first_document(start), first_document(b)))
+            start, held = b, 0
+        held += count
+    blocks.append((first_document(start), n))
+    return blocks
 
 
-def _ids_of(parts: list[Path], offsets: np.ndarray, docs: np.ndarray) -> np.ndarray:
-    """The `id` of each global document number (-1: None), reading only the id column."""
-    ids = np.full(len(docs), None, dtype=object)
-    part_of = np.searchsorted(offsets, docs, side="right") - 1
-    for i in np.unique(part_of[docs >= 0]):
-        at = np.flatnonzero((part_of == i) & (docs >= 0))
-        column = pq.read_table(parts[i], columns=["id"]).column("id")
-        ids[at] = column.take(docs[at] - offsets[i]).to_pylist()
-    return ids
-
-
-def _verify(
-    pairs: pl.DataFrame, parts: list[Path], offsets: np.ndarray, scratch: Path, config: DedupConfig, run: Callable
-) -> pl.DataFrame:
-    """Candidate pairs whose true Jaccard (over their shingle sets) reaches the threshold."""
-    docs = np.unique(np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()]))
-    part_of = np.searchsorted(offsets, docs, side="right") - 1
-    todo = [
-        PartTask(i, p, scratch, config, rows=docs[part_of == i] - offsets[i])
-        for i, p in enumerate(parts)
-    ]
-    run(shingle_part, todo, "verify")
-    # the shingle files hold part-local row numbers: make them global
-    local = pl.concat(
-        [
-            pl.read_parquet(scratch / f"shingles-{i:05d}.parquet").with_columns(pl.col("doc") + int(offsets[i]))
-            for i in range(len(parts))
-        ]
-    )
-    sizes = local.group_by("doc").len("size")
-    common = (
-        pairs.lazy()
-        .join(local.lazy(), left_on="a", right_on="doc")
-        .join(local.lazy(), left_on=["b", "h"], right_on=["doc", "h"], how="semi")
-        .group_by("a", "b").len("common")
-    )
-    scored = (
-        pairs.lazy()
-        .join(common, on=["a", "b"], how="left")
-        .join(sizes.lazy().rename({"doc": "a", "size": "size_a"}), on="a")
-        .join(sizes.lazy().rename({"doc": "b", "size": "size_b"}), on="b")
-        .with_columns(pl.col("common").fill_null(0))
-        .with_columns(jaccard=pl.col("common") / (pl.col("size_a") + pl.col("size_b") - pl.col("common")))
-        .collect()
-    )
-    return scored.filter(pl.col("jaccard") >= config.threshold).select("a", "b").sort("a", "b")
+def _groups(plan: Plan, rows_per_task: int, alone: Any, parts: list[Path] | None = None) -> list[list[tuple[int, Any]]]:
+    """Consecutive parts grouped into tasks of at most `rows_per_task` input rows (a larger part
+    alone; every part alone when `alone(p)`): (part number, path) per part."""
+    groups: list[list[tuple[int, Any]]] = []
+    held = 0
+    for p in range(plan.parts):
+        rows = plan.offsets[p + 1] - plan.offsets[p]
+        if not groups or alone(p) or held + rows > rows_per_task:
+            groups.append([])
+            held = 0
+        groups[-1].append((p, parts[p] if parts is not None else None))
+        held += rows
+    return groups
 
 
 # ----------------------------------------------------------------------------- for people
@@ -587,26 +885,40 @@ class Cluster:
 
 
 def largest_clusters(output_dir: Path, n: int) -> list[Cluster]:
-    """The `n` largest clusters of a finished dedup output (kept document + its duplicates)."""
+    """The `n` largest clusters of a finished dedup output (kept document + its duplicates).
+
+    Reads nothing when n is 0. Otherwise the `id` and `duplicate_of` columns of the removed
+    parts, then only the rows of the n clusters (Parquet filters, part by part). An exact copy
+    of a near duplicate names that near duplicate: it is counted in its cluster's kept document.
+    """
+    if n <= 0:
+        return []
     output_dir = Path(output_dir)
     require_finished(output_dir, STAGE)
-    removed = read_parts(output_dir / SIDE_DIR)
-    if removed.is_empty() or n <= 0:
+    removed_parts = list_parts(output_dir / SIDE_DIR)
+    if not removed_parts:
         return []
-    removed = removed.filter(pl.col("duplicate_of").is_not_null())
-    top = (
-        removed.group_by("duplicate_of", maintain_order=True).len()
-        .sort("len", descending=True, maintain_order=True).head(n)
+    links = (
+        pl.scan_parquet(removed_parts).select("id", "duplicate_of")
+        .filter(pl.col("duplicate_of").is_not_null()).collect()
     )
-    kept = read_parts(output_dir, columns=["id", "text"]).filter(pl.col("id").is_in(top["duplicate_of"].implode()))
+    # one step up: the document an exact copy names may itself be a removed near duplicate
+    links = links.join(links.rename({"id": "duplicate_of", "duplicate_of": "root"}), on="duplicate_of",
+                       how="left", maintain_order="left").with_columns(root=pl.coalesce("root", "duplicate_of"))
+    top = links.group_by("root", maintain_order=True).len().sort("len", descending=True, maintain_order=True).head(n)
+    roots = top["root"].implode()
+    members = links.filter(pl.col("root").is_in(roots)).select("id", "root")
+    rows = (
+        pl.scan_parquet(removed_parts).filter(pl.col("id").is_in(members["id"].implode()))
+        .select("id", "text", "drop_reason", "jaccard").collect()
+        .join(members, on="id", how="left")
+    )
+    kept = pl.scan_parquet(list_parts(output_dir)).filter(pl.col("id").is_in(roots)).select("id", "text").collect()
     kept_text = dict(zip(kept["id"].to_list(), kept["text"].to_list(), strict=True))
+    emptied = pl.scan_parquet(removed_parts).filter(pl.col("id").is_in(roots)).select("id", "text").collect()
+    for doc_id, text in zip(emptied["id"].to_list(), emptied["text"].to_list(), strict=True):
+        kept_text.setdefault(doc_id, text)  # a kept document that --paragraphs emptied
     return [
-        Cluster(
-            kept_id,
-            kept_text.get(kept_id, ""),
-            removed.filter(pl.col("duplicate_of") == kept_id).select("id", "text", "drop_reason", "jaccard"),
-        )
-        for kept_id in top["duplicate_of"].to_list()
+        Cluster(root, kept_text.get(root, ""), rows.filter(pl.col("root") == root).drop("root"))
+        for root in top["root"].to_list()
     ]
-
-

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from nonllama.pipeline.driver import StageContext, StageJob, drive
-from nonllama.pipeline.executors import Executor, LocalExecutor
+from nonllama.pipeline.executors import Executor
 from nonllama.pipeline.io import (
     CACHE_DIR_NAME,
     DOCUMENT_SCHEMA,
@@ -63,6 +63,18 @@ class DownloadConfig:
     strict: bool = False
     part_rows: int = 50_000
     seed: int = 0
+
+    def validate(self) -> None:
+        """Raise SourceError naming the option for a value no download can use."""
+        if not isinstance(self.text_field, str) or not self.text_field:
+            raise SourceError(f"--text-field {self.text_field!r}: give the key or column that holds the text")
+        if not isinstance(self.part_rows, int) or isinstance(self.part_rows, bool) or self.part_rows < 1:
+            raise SourceError(f"--part-rows {self.part_rows!r}: must be a whole number >= 1")
+        if self.max_docs is not None and (not isinstance(self.max_docs, int) or self.max_docs < 1):
+            raise SourceError(f"--max-docs {self.max_docs!r}: must be a whole number >= 1")
+        if self.names and self.sources and len(self.names) not in (1, len(self.sources)):
+            raise SourceError(f"--name was given {len(self.names)} times for {len(self.sources)} sources: "
+                              "give it once (one label for all) or once per source")
 
 
 @dataclass
@@ -268,12 +280,8 @@ def _refuse_repeated_files(sources: list[_Source], labelled: bool) -> None:
 def plan_tasks(config: DownloadConfig, output_dir: Path, skipped: list[str] | None = None) -> list[DownloadTask]:
     if not config.sources:
         raise SourceError("no SOURCE given (try `nonllama download sample`)")
+    config.validate()
     names = config.names
-    if names and len(names) not in (1, len(config.sources)):
-        raise SourceError(
-            f"--name was given {len(names)} times for {len(config.sources)} sources: "
-            "give it once (one label for all) or once per source"
-        )
     for name in names:
         if not name.strip() or "#" in name:
             raise SourceError(f"--name {name!r}: a label must be non-empty and without '#' (it starts document ids)")
@@ -460,7 +468,7 @@ def run_download(
 
     job = StageJob(STAGE, asdict(config), output_dir, local,
                    {"sources": config.sources, "files": sum(len(f) for f in fingerprints), "digest": digest}, work)
-    return drive(job, executor=executor or LocalExecutor(workers, console), force=force, console=console)
+    return drive(job, executor=executor, workers=workers, force=force, console=console)
 
 
 def _assemble(results: list[TaskOutput], tasks: list[DownloadTask], output_dir: Path, scratch: Path,

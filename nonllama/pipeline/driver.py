@@ -223,11 +223,16 @@ class StageJob:
     complete: Callable[[], bool] | None = None  # an up-to-date output must also pass this
 
 
-def drive(job: StageJob, *, executor: Executor | None = None, force: bool = False,
+def drive(job: StageJob, *, executor: Executor | None = None, workers: int = 1, force: bool = False,
           console: Console | None = None) -> StageRun:
-    """Run `job` under the stage contract (see the module docstring); what it did."""
+    """Run `job` under the stage contract (see the module docstring); what it did.
+
+    Without an `executor`, a local one of `workers` processes is made for this stage and
+    closed after it."""
+    if executor is None:
+        with LocalExecutor(workers, console) as local:
+            return drive(job, executor=local, force=force, console=console)
     started = time.time()
-    executor = executor or LocalExecutor(1, console)
     output_dir = Path(job.output_dir)
     if executor.kind == "ray":
         _require_absolute([output_dir, *job.inputs])
@@ -321,4 +326,4 @@ def run_shard_stage(
 
     job = StageJob(stage, config, output_dir, [input_dir],
                    {"dir": str(input_dir), "stage": inp.stage, "digest": inp.digest}, work, dependencies or {})
-    return drive(job, executor=executor or LocalExecutor(workers, console), force=force, console=console)
+    return drive(job, executor=executor, workers=workers, force=force, console=console)

