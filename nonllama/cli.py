@@ -141,11 +141,15 @@ def executor_for(kind: str, workers: int, ray_address: str | None) -> Iterator[E
         executor.close()
 
 
-def stage_dirs(workdir: Path, previous: str | None, stage: str, input_dir: Path | None, output_dir: Path | None) -> tuple[Path | None, Path]:
-    """-i/-o default to <workdir>/<previous stage> and <workdir>/<stage>."""
+def stage_dirs(workdir: Path, stage: str, input_dir: Path | None, output_dir: Path | None) -> tuple[Path | None, Path]:
+    """-i/-o default to the directories of the stage it reads and of `stage` under --workdir
+    (the funnel's order and directory names: nonllama.pipeline.stages)."""
+    from nonllama.pipeline import stages
+
+    reads = stages.stage(stage).reads
     return (
-        input_dir if input_dir is not None else (workdir / previous if previous else None),
-        output_dir if output_dir is not None else workdir / stage,
+        input_dir if input_dir is not None else (stages.directory(workdir, reads) if reads else None),
+        output_dir if output_dir is not None else stages.directory(workdir, stage),
     )
 
 

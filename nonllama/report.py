@@ -24,12 +24,14 @@ from typing import Any
 import polars as pl
 
 from nonllama import __version__
+from nonllama.pipeline import stages
 from nonllama.pipeline.io import atomic_path, atomic_write_text, list_parts, read_manifest
 from nonllama.train.metrics import SAMPLES_NAME, last_metrics, loss_figure, pyplot, read_metrics
 
 # (directory under the workdir, stage name): the document stages, in funnel order
-DOCUMENT_STAGES = [("raw", "download"), ("normalized", "normalize"), ("filtered", "filter"), ("deduped", "dedup")]
-TOKENIZER_DIR, PACKED_DIR, RUNS_DIR = "tokenizer", "packed", "runs"
+DOCUMENT_STAGES = [(s.directory, s.name) for s in stages.FUNNEL if s.documents]
+TOKENIZER_DIR, PACKED_DIR = stages.stage("train-tokenizer").directory, stages.stage("pack").directory
+RUNS_DIR = stages.RUNS_DIR
 EXCERPT_CHARS = 240
 
 
@@ -180,7 +182,7 @@ def funnel_section(workdir: Path) -> tuple[Section, list[Check]]:
 def drops_section(workdir: Path) -> Section:
     """Why documents were removed: per stage and reason, with shares and the sources they hit."""
     section = Section("Drop reasons")
-    download = read_manifest(workdir / "raw")
+    download = read_manifest(stages.directory(workdir, "download"))
     read_total = download["rows_in"] if download else 0
     rows = []
     for directory, stage in DOCUMENT_STAGES:
@@ -218,7 +220,7 @@ def filter_section(workdir: Path) -> Section:
     from nonllama.pipeline.filter import config_from_dict, draw_report
 
     section = Section("Filter rule values")
-    filtered = workdir / "filtered"
+    filtered = stages.directory(workdir, "filter")
     if (m := _manifest_or_say(section, filtered, "filter")) is None:
         return section
     section.add(Text("Every rule's value over kept and rejected documents; dashed lines: thresholds."))
@@ -231,7 +233,7 @@ def filter_section(workdir: Path) -> Section:
 def clusters_section(workdir: Path, top: int = 5, shown: int = 3) -> Section:
     """The largest groups of duplicates: the document kept and a few it replaced."""
     section = Section("Largest duplicate clusters")
-    deduped = workdir / "deduped"
+    deduped = stages.directory(workdir, "dedup")
     if (m := _manifest_or_say(section, deduped, "dedup")) is None:
         return section
     stats = m.get("dedup", {})

@@ -257,6 +257,6 @@ def test_an_interrupted_sample_resumes_task_by_task(tmp_path, parted, monkeypatc
     assert len(list((tmp_path / "cut" / ".work" / "scratch" / "sentences").glob("sentences-*.txt"))) == 3
     monkeypatch.setattr(tokenizer, "_sample_task", real)
     run = run_train_tokenizer(inp, tmp_path / "cut", config)
-    # pass 1's five tasks and pass 2's first three were not run again
-    assert "resumed an interrupted run: 8 of 10 tasks were already done" in run.notices
+    # pass 1's five tasks and pass 2's first three were not run again (pass 3, the measurement, has five more)
+    assert "resumed an interrupted run: 8 of 15 tasks were already done" in run.notices
     assert (tmp_path / "cut" / "tokenizer.model").read_bytes() == (tmp_path / "whole" / "tokenizer.model").read_bytes()

@@ -65,7 +65,7 @@ def dedup(
     if show:
         show_config("dedup", config)
         return
-    inp, out = stage_dirs(workdir, "filtered", "deduped", input_dir, output_dir)
+    inp, out = stage_dirs(workdir, "dedup", input_dir, output_dir)
     assert inp is not None
     with executor_for(executor, workers, ray_address) as runner:
         run = run_dedup(inp, out, config, executor=runner, force=force, verify_input=verify_input, console=console)

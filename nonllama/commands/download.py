@@ -67,7 +67,7 @@ def download(
     if not config.sources:
         raise ValueError("download: no SOURCES: give them as arguments, or as `sources = [...]` in the "
                          "[download] table of --config")
-    _, out = stage_dirs(workdir, None, "raw", None, output_dir)
+    _, out = stage_dirs(workdir, "download", None, output_dir)
     with executor_for(executor, workers, ray_address) as runner:
         run = run_download(config, out, executor=runner, force=force, console=console)
     print_summary(run, "download")

@@ -57,7 +57,7 @@ def filter_command(
     if show:
         show_config("filter", config)
         return
-    inp, out = stage_dirs(workdir, "normalized", "filtered", input_dir, output_dir)
+    inp, out = stage_dirs(workdir, "filter", input_dir, output_dir)
     assert inp is not None
     with executor_for(executor, workers, ray_address) as runner:
         run = run_filter(inp, out, config, executor=runner, force=force, verify_input=verify_input, console=console)

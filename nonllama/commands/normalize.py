@@ -45,7 +45,7 @@ def normalize(
     if show:
         show_config("normalize", config)
         return
-    inp, out = stage_dirs(workdir, "raw", "normalized", input_dir, output_dir)
+    inp, out = stage_dirs(workdir, "normalize", input_dir, output_dir)
     assert inp is not None
     with executor_for(executor, workers, ray_address) as runner:
         run = run_normalize(inp, out, config, executor=runner, force=force, verify_input=verify_input, console=console)

@@ -54,7 +54,7 @@ def pack(
             console.print(w.text, highlight=False, markup=False)
         return
     config = PackConfig(val_fraction=val_fraction, mix=parse_mix(split_list(mix)), seed=seed or 0)
-    inp, out = stage_dirs(workdir, "deduped", "packed", input_dir, output_dir)
+    inp, out = stage_dirs(workdir, "pack", input_dir, output_dir)
     assert inp is not None
     with executor_for(executor, workers, ray_address) as runner:
         run = run_pack(inp, tokenizer_dir or workdir / "tokenizer", out, config, executor=runner, force=force,

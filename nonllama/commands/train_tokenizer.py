@@ -81,7 +81,7 @@ def train_tokenizer(
     if show:
         show_config(SECTION, config)
         return
-    inp, out = stage_dirs(workdir, "deduped", "tokenizer", input_dir, output_dir)
+    inp, out = stage_dirs(workdir, "train-tokenizer", input_dir, output_dir)
     assert inp is not None
     with executor_for(executor, workers, ray_address) as runner:
         run = run_train_tokenizer(inp, out, config, executor=runner, force=force, verify_input=verify_input,

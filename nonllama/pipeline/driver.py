@@ -247,6 +247,7 @@ def drive(job: StageJob, *, executor: Executor | None = None, workers: int = 1, 
         if force or (output_dir / MANIFEST_NAME).exists() or _read_json(run_file) != identity:
             out.reset()
             atomic_write_json(run_file, identity)
+        executor.start()  # local helpers import while the stage plans its first pass
         ctx = StageContext(output_dir, executor, console)
         section = job.work(ctx)
         if "rows_removed" in section and section["rows_out"] + section["rows_removed"] != section["rows_in"]:

@@ -41,6 +41,10 @@ class Executor(Protocol):
         called here as each task's result arrives (in the order they finish)."""
         ...
 
+    def start(self) -> None:
+        """Get ready for tasks (called once a stage knows it has work): may return before it is."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -59,6 +63,9 @@ class LocalExecutor:
             total_docs: int | None, on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
         return run_tasks(fn, tasks, workers=self.workers, description=label, total_docs=total_docs,
                          console=self.console, on_result=on_result, pool=self.pool)
+
+    def start(self) -> None:
+        self.pool.start()
 
     def close(self) -> None:
         self.pool.close()
@@ -129,6 +136,9 @@ class RayExecutor:
         self.workers = workers or 1
         self._started_here = False
         self._counter: Any = None  # the progress actor, one for every pass
+
+    def start(self) -> None:
+        return None  # Ray is joined at the first task: `connect`
 
     def connect(self) -> None:
         """Join the cluster, or start a Ray instance here: at the first task, so that a stage

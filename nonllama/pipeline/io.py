@@ -522,6 +522,11 @@ class WorkerPool:
         self.conns: dict[Connection, Any] = {}  # a helper's pipe -> its process
         self.counter: Any = None
 
+    def start(self) -> None:
+        """Start the helpers now (they import while the caller plans its first pass); idempotent."""
+        if self.helpers and not self.conns:
+            self._start()
+
     def _start(self) -> None:
         # spawn, not fork: polars and pyarrow keep thread pools that fork would copy half-locked.
         # Each helper gets one polars thread: the parallelism is the processes.

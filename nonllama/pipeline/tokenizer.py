@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -291,10 +290,11 @@ def _langs(batch: pl.DataFrame) -> list[str | None]:
     return [None] * batch.height
 
 
-def sample_part(part: Path, plan: SamplePlan, seed: int, sentence_file: Path,
-                report: Reporter | None = None) -> tuple[dict, HeldOut]:
-    """Pass 2 on one part: its training documents' lines to `sentence_file` (written whole or
-    not at all: through a temporary name), its held-out documents returned.
+def sample_part(part: Path, plan: SamplePlan, seed: int, sentence_file: Path, held_out_file: Path,
+                report: Reporter | None = None) -> dict:
+    """Pass 2 on one part: its training documents' lines to `sentence_file`, its held-out
+    documents (source, lang, text) to `held_out_file` (each written whole or not at all: through
+    a temporary name); returns the counts.
 
     The held-out documents are few by construction: the top of each source's hash range, at
     most `HOLDOUT_MAX_BYTES` of a source over all parts together (or its one top document).
@@ -320,21 +320,31 @@ def sample_part(part: Path, plan: SamplePlan, seed: int, sentence_file: Path,
                 held_out.langs.extend(_langs(kept))
             if report is not None:
                 report(batch.height, int(batch["text"].str.len_bytes().sum() or 0))
-    return {"docs": docs, "bytes": nbytes, "sentences": sentences}, held_out
+    with atomic_path(held_out_file) as tmp:
+        pl.DataFrame({"source": held_out.sources, "lang": held_out.langs, "text": held_out.texts},
+                     schema={"source": pl.String, "lang": pl.String, "text": pl.String}).write_parquet(tmp)
+    return {"docs": docs, "bytes": nbytes, "sentences": sentences, "held_out_docs": len(held_out.texts),
+            "held_out_bytes": sum(len(t.encode("utf-8", "surrogatepass")) for t in held_out.texts)}
 
 
 def _sentence_name(index: int) -> str:
     return f"sentences-{index:05d}.txt"
 
 
-def _merge_samples(results: Sequence[tuple[dict, HeldOut]]) -> tuple[dict, HeldOut]:
+def _held_out_name(index: int) -> str:
+    return f"held-out-{index:05d}.parquet"
+
+
+def _merge_samples(results: Sequence[dict]) -> tuple[dict, dict]:
+    """(the sample's counts, the held-out documents' counts), summed over the parts."""
     counts = {"docs": 0, "bytes": 0, "sentences": 0}
-    held_out = HeldOut()
-    for part_counts, part_held in results:
+    held = {"docs": 0, "bytes": 0}
+    for part in results:
         for key in counts:
-            counts[key] += part_counts[key]
-        held_out.extend(part_held)
-    return counts, held_out
+            counts[key] += part[key]
+        held["docs"] += part["held_out_docs"]
+        held["bytes"] += part["held_out_bytes"]
+    return counts, held
 
 
 # The stage's tasks (module-level: they run in worker processes and on Ray nodes).
@@ -356,10 +366,39 @@ class _SampleTask:
     plan: SamplePlan
     seed: int
     sentence_file: Path
+    held_out_file: Path
 
 
-def _sample_task(task: _SampleTask, report: Reporter) -> tuple[dict, HeldOut]:
-    return sample_part(task.part, task.plan, task.seed, task.sentence_file, report)
+def _sample_task(task: _SampleTask, report: Reporter) -> dict:
+    return sample_part(task.part, task.plan, task.seed, task.sentence_file, task.held_out_file, report)
+
+
+@dataclass(frozen=True)
+class _MeasureTask:
+    held_out_file: Path
+    model: Path
+
+
+def _measure_task(task: _MeasureTask, report: Reporter) -> list[tuple]:
+    """Pass 3 on one part's held-out documents: (source, lang, docs, chars, bytes, tokens) per
+    source and language, after checking that every document round-trips."""
+    held = pl.read_parquet(task.held_out_file)
+    if held.height == 0:
+        return []
+    processor = load_processor(task.model)
+    texts = held["text"].to_list()
+    ids = encode_texts(processor, texts, 1)
+    bad = next((t for t, i in zip(texts, ids, strict=True) if processor.decode(i) != t), None)
+    if bad is not None:
+        raise StageError(f"the trained tokenizer does not round-trip this document: {bad[:200]!r}")
+    report(held.height, int(held["text"].str.len_bytes().sum() or 0))
+    return (
+        held.with_columns(chars=pl.col("text").str.len_chars(), bytes=pl.col("text").str.len_bytes(),
+                          tokens=pl.Series([len(i) for i in ids], dtype=pl.Int64))
+        .group_by("source", "lang").agg(pl.len().alias("docs"), pl.col("chars", "bytes", "tokens").sum())
+        .sort("source", "lang", nulls_last=True)
+        .rows()
+    )
 
 
 # --------------------------------------------------------------------------- training
@@ -484,28 +523,30 @@ def encode_texts(processor: Any, texts: Sequence[str] | Sequence[bytes], num_thr
 
 def measure_compression(processor: Any, held_out: HeldOut, threads: int) -> dict:
     """Characters and bytes per token on the held-out documents, per source and per language."""
-    if not held_out.texts:
-        return {"by_source": {}, "by_lang": {}, "total": None}
-    ids = encode_texts(processor, held_out.texts, threads)
+    ids = encode_texts(processor, held_out.texts, threads) if held_out.texts else []
     bad = next((t for t, i in zip(held_out.texts, ids, strict=True) if processor.decode(i) != t), None)
     if bad is not None:
         raise StageError(f"the trained tokenizer does not round-trip this document: {bad[:200]!r}")
-    frame = pl.DataFrame(
-        {
-            "source": held_out.sources,
-            "lang": held_out.langs,
-            "chars": pl.Series(held_out.texts).str.len_chars(),
-            "bytes": pl.Series(held_out.texts).str.len_bytes(),
-            "tokens": [len(i) for i in ids],
-        },
-        schema_overrides={"lang": pl.String},
-    )
+    texts = pl.Series(held_out.texts, dtype=pl.String)
+    frame = pl.DataFrame({"source": held_out.sources, "lang": held_out.langs, "chars": texts.str.len_chars(),
+                          "bytes": texts.str.len_bytes(), "tokens": [len(i) for i in ids]},
+                         schema_overrides={"lang": pl.String, "tokens": pl.Int64})
+    groups = frame.group_by("source", "lang").agg(pl.len().alias("docs"), pl.col("chars", "bytes", "tokens").sum())
+    return compression_tables(groups.rows())
+
+
+def compression_tables(groups: Sequence[tuple]) -> dict:
+    """Per source, per language and in total, from (source, lang, docs, chars, bytes, tokens) rows
+    (sums per part add up: the tables do not depend on how the documents were split)."""
+    frame = pl.DataFrame(list(groups), schema={"source": pl.String, "lang": pl.String, "docs": pl.Int64,
+                                               "chars": pl.Int64, "bytes": pl.Int64, "tokens": pl.Int64},
+                         orient="row")
 
     def table(key: str | None) -> dict:
-        grouped = frame.group_by(key) if key else frame.select(pl.lit("all").alias("k"), pl.all()).group_by("k")
-        rows = grouped.agg(pl.len().alias("docs"), pl.col("chars", "bytes", "tokens").sum()).sort(key or "k")
+        keyed = frame.with_columns(pl.lit("all").alias("k")) if key is None else frame.rename({key: "k"})
+        rows = keyed.group_by("k").agg(pl.col("docs", "chars", "bytes", "tokens").sum()).sort("k")
         out = {}
-        for name, docs, chars, nbytes, tokens in rows.select(key or "k", "docs", "chars", "bytes", "tokens").iter_rows():
+        for name, docs, chars, nbytes, tokens in rows.select("k", "docs", "chars", "bytes", "tokens").iter_rows():
             if name is None:
                 continue
             out[name] = {
@@ -518,6 +559,8 @@ def measure_compression(processor: Any, held_out: HeldOut, threads: int) -> dict
             }
         return out
 
+    if frame.height == 0:
+        return {"by_source": {}, "by_lang": {}, "total": None}
     return {"by_source": table("source"), "by_lang": table("lang"), "total": table(None).get("all")}
 
 
@@ -564,12 +607,13 @@ def _train(inp: StageInput, output_dir: Path, config: TokenizerConfig, ctx: Stag
     del histograms
     if plan.docs_in == 0:
         raise StageError(f"{input_dir}: no documents to train a tokenizer on")
-    # pass 2: per part, its sampled sentences to a file of the scratch directory; its held-out
-    # documents (few: at most HOLDOUT_MAX_BYTES a source in all) come back
-    sentence_dir = ctx.work_dir / "sentences"
-    sentence_files = [sentence_dir / _sentence_name(i) for i in range(len(parts))]
+    # pass 2: per part, its sampled sentences and its held-out documents to files of the scratch
+    # directory (the driver never holds text)
+    sentence_files = [ctx.work_dir / "sentences" / _sentence_name(i) for i in range(len(parts))]
+    held_out_files = [ctx.work_dir / "held-out" / _held_out_name(i) for i in range(len(parts))]
     sampled = ctx.map(
-        _sample_task, [_SampleTask(p, plan, config.seed, f) for p, f in zip(parts, sentence_files, strict=True)],
+        _sample_task, [_SampleTask(p, plan, config.seed, f, h)
+                       for p, f, h in zip(parts, sentence_files, held_out_files, strict=True)],
         label="train-tokenizer sample", total_docs=inp.rows)
     sample, held_out = _merge_samples(sampled)
     del sampled
@@ -579,16 +623,21 @@ def _train(inp: StageInput, output_dir: Path, config: TokenizerConfig, ctx: Stag
     quiet = console is None or os.environ.get("NONLLAMA_NO_PROGRESS") == "1"
     status = _NoStatus() if quiet else console.status(
         f"train-tokenizer: SentencePiece {config.model_type} on {sample['bytes'] / 1e6:.1f} MB")
-    with status, tempfile.TemporaryDirectory(prefix="train-", dir=ctx.work_dir) as tmp:
+    model_dir = ctx.work_dir / "model"  # where the tasks of pass 3 read it: every node sees it
+    with status:
         # SentencePiece reads the part files in part order: the same sentences, in the same
         # order, as one file written by one process, whatever ran the passes
-        train_sentencepiece(sentence_files, Path(tmp) / MODEL_NAME, config, sample["bytes"])
-        processor = load_processor(Path(tmp) / "tokenizer.model")
-        status.update("train-tokenizer: measuring on held-out documents")
-        compression = measure_compression(processor, held_out, config.threads)
-        write_vocab(processor, Path(tmp) / VOCAB_NAME)
-        for name in (MODEL_NAME, VOCAB_NAME):  # same filesystem: a rename is atomic
-            os.replace(Path(tmp) / name, output_dir / name)
+        model_dir.mkdir(exist_ok=True)
+        with atomic_path(model_dir / MODEL_NAME) as tmp:
+            train_sentencepiece(sentence_files, tmp, config, sample["bytes"])
+        processor = load_processor(model_dir / MODEL_NAME)
+        write_vocab(processor, model_dir / VOCAB_NAME)
+    # pass 3: characters and bytes per token on each part's held-out documents, summed here
+    measured = ctx.map(_measure_task, [_MeasureTask(h, model_dir / MODEL_NAME) for h in held_out_files],
+                       label="train-tokenizer measure", total_docs=held_out["docs"])
+    compression = compression_tables([row for rows in measured for row in rows])
+    for name in (MODEL_NAME, VOCAB_NAME):  # same filesystem: a rename is atomic
+        os.replace(model_dir / name, output_dir / name)
 
     model_sha = file_sha256(output_dir / MODEL_NAME)
     return {
@@ -601,7 +650,7 @@ def _train(inp: StageInput, output_dir: Path, config: TokenizerConfig, ctx: Stag
         "special_ids": {**SPECIAL_IDS, "newline": processor.piece_to_id(NEWLINE_PIECE)},
         "byte_fallback": True,
         "sample": {**sample, "sentence_max_bytes": MAX_SENTENCE_BYTES},
-        "held_out": {"docs": len(held_out.texts), "bytes": sum(len(t.encode()) for t in held_out.texts)},
+        "held_out": held_out,
         "compression": compression,
         "output_digest": json_digest({"tokenizer_sha256": model_sha}),
     }

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nonllama.pipeline import stages
+
 if TYPE_CHECKING:
     from nonllama.model import ModelConfig
 
@@ -191,7 +193,7 @@ def to_toml(config: TrainConfig) -> str:
 
 
 def default_out(workdir: Path, name: str) -> str:
-    return str(Path(workdir) / "runs" / name)
+    return str(Path(workdir) / stages.RUNS_DIR / name)
 
 
 def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], *, workdir: Path,
@@ -204,7 +206,7 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], *, workdir:
     """
     layers = [("--config [train]", file_values), ("command line", cli_values)]
     given = merge(layers)
-    workdir_defaults = {"data": str(Path(workdir) / "packed"), "out": default_out(workdir, name or given.preset)}
+    workdir_defaults = {"data": str(stages.directory(workdir, "pack")), "out": default_out(workdir, name or given.preset)}
     layers.insert(0, ("defaults", workdir_defaults))
     config = merge(layers)
     if not resume:
