@@ -102,9 +102,12 @@ EXACT_ENTRIES_PER_TASK = 8_000_000  # (exact key, document) entries of one exact
 PAIRS_PER_BLOCK = 1_000_000  # candidate pairs of one verify task
 CHECK_CELLS = 8_000_000  # shingles (or signature values) of the pairs checked at once within a task
 ID_ROWS_PER_TASK = 4_000_000  # input rows whose id columns one `ids` task reads (without --paragraphs)
-# Input rows one `write` task copies (whole parts): a smaller pass is one task, since starting a
-# worker process (~1 s) costs more than the copy of a few parts saves
-WRITE_ROWS_PER_TASK = 250_000
+# Input rows one `write` task copies (whole parts; tiny parts are grouped). Small, so that even a
+# small corpus's pass spreads over the workers: they live across passes, and a task costs a message
+WRITE_ROWS_PER_TASK = 10_000
+# LSH shards at least (ranges of bands): the pass spreads over workers even on a small corpus, and
+# a shard's sort is faster on fewer entries; a pair found in two shards is checked once (verify)
+MIN_LSH_SHARDS = 4
 LINE_KEYS_PER_TASK = 2_000_000  # documents per line-key range of --paragraphs (a shard of `frequent`)
 UNION_PAIRS = 1 << 20  # pairs the driver adds to the clusters at once
 HISTOGRAM_BINS = 16384  # ranges of first documents that the verify blocks are planned from
@@ -254,7 +257,7 @@ class Plan:
     def make(cls, scratch: Path, config: DedupConfig, part_rows: list[int], batch_rows: int) -> Plan:
         n = sum(part_rows)
         bands, _ = config.lsh
-        wanted = max(1, math.ceil(n * bands / LSH_ENTRIES_PER_TASK))
+        wanted = max(min(bands, MIN_LSH_SHARDS), math.ceil(n * bands / LSH_ENTRIES_PER_TASK))
         key_parts = 1 if wanted <= bands else math.ceil(wanted / bands)
         lsh_shards = wanted if key_parts == 1 else bands * key_parts
         offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(part_rows, dtype=np.int64)]))
