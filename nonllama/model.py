@@ -62,11 +62,12 @@ class ModelConfig:
             raise ValueError(f"--n-heads {self.n_heads} is not a multiple of --n-kv-heads {self.n_kv_heads}")
 
 
-# The TinyStories models of llama2.c (their vocabulary comes from the tokenizer), plus a tiny
-# one for tests.
+# The TinyStories models of llama2.c (their vocabulary comes from the tokenizer, their
+# max_seq_len from --seq-len in training), plus a tiny one for tests.
 PRESETS: dict[str, dict] = {
     "tiny": dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2),
-    "260k": dict(dim=64, n_layers=5, n_heads=8, n_kv_heads=4),
+    # stories260K: feed-forward 172 wide (multiple_of 4), 260,032 parameters with its 512 tokens
+    "260k": dict(dim=64, n_layers=5, n_heads=8, n_kv_heads=4, multiple_of=4, max_seq_len=512),
     # not llama2.c's: the size `make all` trains on real text in ~15 minutes on 2 CPU cores
     "2m": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4),
     "15m": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6),

@@ -58,8 +58,13 @@ def test_presets_have_llama2c_shapes() -> None:
     # llama2.c's stories15M: 15.2M parameters with its 32000-token vocabulary
     assert preset_config("15m", vocab_size=32000).ffn_dim == 768
     assert Llama(preset_config("15m", vocab_size=32000)).num_params() == pytest.approx(15.2e6, rel=0.01)
+    # stories260K: a feed-forward 172 wide (llama2.c's multiple_of 4), 260,032 parameters with
+    # its 512-token vocabulary, its context 512 positions
     small = preset_config("260k", vocab_size=512)
     assert (small.dim, small.n_layers, small.n_heads, small.n_kv_heads) == (64, 5, 8, 4)
+    assert small.ffn_dim == 172 and small.max_seq_len == 512 and small.tie_embeddings
+    assert Llama(small).num_params() == 260_032
+    assert Llama(small).layers[0].feed_forward.w1.weight.shape == (172, 64)
     with pytest.raises(ValueError, match="--preset"):
         preset_config("7b")
     with pytest.raises(ValueError, match="--n-kv-heads"):

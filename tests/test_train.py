@@ -138,7 +138,148 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(cli, workdir: Path, mon
     calls["n"], poisoned = 0, set(range(1, 100))
     result = cli("train", "--workdir", workdir, *TINY, "--max-steps", "6", "--max-bad-steps", "3",
                  "--out", workdir / "b", expect=2)
-    assert "loss not finite for 3 steps in a row, the last at step 3" in one_line(result.output)
+    assert "loss or gradient norm not finite for 3 steps in a row, the last at step 3 (loss nan)" in one_line(
+        result.output)
+
+
+def checkpoints(run: Path) -> dict[int, dict]:
+    return {int(p.stem.removeprefix("step-")): torch.load(p, weights_only=True)
+            for p in sorted((run / "checkpoints").glob("step-*.pt"))}
+
+
+def poison_gradient(monkeypatch, steps: set[int]) -> None:
+    """Make the gradient of one weight NaN (the loss stays finite) at these steps (1-based,
+    one micro-step each)."""
+    from nonllama import model as model_module
+
+    forward = model_module.Llama.forward
+    calls = {"n": 0}
+
+    def forward_poisoning_one_gradient(self, tokens, targets=None, **kwargs):
+        if targets is not None:  # a training micro-step (evaluation passes no targets)
+            calls["n"] += 1
+            if calls["n"] == 1:
+                weight = self.layers[0].feed_forward.w1.weight
+                weight.register_hook(lambda grad: torch.full_like(grad, math.nan) if calls["n"] in steps else grad)
+        return forward(self, tokens, targets, **kwargs)
+
+    monkeypatch.setattr(model_module.Llama, "forward", forward_poisoning_one_gradient)
+
+
+def test_a_non_finite_gradient_skips_its_step(cli, workdir: Path, monkeypatch) -> None:
+    """A NaN in one gradient, the loss finite: the step leaves the weights and the optimizer as
+    they were, is counted, and its gradients do not leak into the next step."""
+    poison_gradient(monkeypatch, {3})
+    run = workdir / "a"
+    result = cli("train", "--workdir", workdir, *TINY, "--max-steps", "5", "--eval-every", "100",
+                 "--save-every", "1", "--keep", "10", "--out", run)
+    assert "step 3 skipped, gradient norm nan" in one_line(result.output)
+    train_records = records(run, "train")
+    assert [r["skipped"] for r in train_records] == [0, 0, 1, 1, 1]
+    assert math.isfinite(train_records[2]["loss"]) and math.isnan(train_records[2]["grad_norm"])
+    assert all(math.isfinite(r["grad_norm"]) for r in train_records if r["step"] != 3)
+    saved = checkpoints(run)
+    assert saved[5]["skipped_steps"] == 1
+    for step in saved:
+        assert all(torch.isfinite(w).all() for w in saved[step]["model"].values()), step
+    # step 3 changed nothing; step 4 trained again
+    assert all(torch.equal(saved[2]["model"][k], saved[3]["model"][k]) for k in saved[2]["model"])
+    assert saved[3]["optimizer"]["state"][0]["step"] == saved[2]["optimizer"]["state"][0]["step"] == 2
+    assert not torch.equal(saved[3]["model"]["norm.weight"], saved[4]["model"]["norm.weight"])
+
+
+def test_fp16_overflows_lower_the_scale_without_stopping_the_run(cli, workdir: Path, monkeypatch) -> None:
+    """With --dtype fp16 a non-finite gradient is first the grad scaler's overflow: skipped and
+    counted, the scale halved, but no bad step while the scale is above 1."""
+    poison_gradient(monkeypatch, {2, 3, 4})
+    run = workdir / "a"
+    cli("train", "--workdir", workdir, *TINY, "--max-steps", "5", "--eval-every", "100", "--dtype", "fp16",
+        "--max-bad-steps", "2", "--out", run)
+    assert [r["skipped"] for r in records(run, "train")] == [0, 1, 2, 3, 3]
+    last = checkpoints(run)[5]
+    assert last["scaler"]["scale"] == 2.0**16 / 2**3 and last["bad_streak"] == 0
+    assert all(torch.isfinite(w).all() for w in last["model"].values())
+
+
+def test_weights_that_are_not_finite_are_never_checkpointed(cli, workdir: Path, monkeypatch) -> None:
+    from nonllama.train import loop
+
+    schedule = loop.lr_at
+    # a learning rate of NaN at step 3 turns every weight into NaN through AdamW itself
+    monkeypatch.setattr(loop, "lr_at", lambda step, *args: math.nan if step == 2 else schedule(step, *args))
+    run = workdir / "a"
+    result = cli("train", "--workdir", workdir, *TINY, "--max-steps", "6", "--eval-every", "100",
+                 "--save-every", "2", "--out", run, expect=2)
+    message = one_line(result.output)
+    assert "step 4: the weights are not finite (" in message and "not saving a checkpoint" in message
+    assert f"the last good checkpoint, {run / 'checkpoints' / 'step-00000002.pt'}, is kept" in message
+    saved = checkpoints(run)
+    assert list(saved) == [2]
+    assert all(torch.isfinite(w).all() for w in saved[2]["model"].values())
+
+
+def test_resuming_with_another_dtype_says_what_to_do(cli, workdir: Path) -> None:
+    run = workdir / "runs" / "tiny"
+    cli("train", "--workdir", workdir, *TINY, "--max-steps", "2", "--eval-every", "100", "--dtype", "fp32")
+    result = cli("train", "--workdir", workdir, *TINY, "--max-steps", "3", "--dtype", "fp16", "--resume", expect=2)
+    message = one_line(result.output)
+    assert (f"run {run} was started with --dtype fp32; resume it with --dtype fp32 (or leave --dtype out), "
+            "or start a new run with --dtype fp16 and another --out") in message
+    assert "Traceback" not in result.output and "internal error" not in message
+    cli("train", "--workdir", workdir, *TINY, "--max-steps", "3", "--resume")  # as the message says
+    assert records(run, "train")[-1]["step"] == 3
+
+
+def test_a_run_whose_preset_changed_is_not_resumed_into_another_model(cli, workdir: Path, monkeypatch) -> None:
+    """The 260k preset's feed-forward went from 192 to llama2.c's 172: a run started before
+    cannot continue as the same model; --resume says so, --auto-resume starts it over."""
+    from nonllama import model as model_module
+
+    common = ["--workdir", workdir, *TINY, "--max-steps", "3", "--eval-every", "100"]
+    cli("train", *common, "--stop-at", "2")
+    monkeypatch.setitem(model_module.PRESETS, "tiny", {**model_module.PRESETS["tiny"], "multiple_of": 4})
+    result = cli("train", *common, "--resume", expect=2)
+    assert "holds another model than the options now make (hidden_dim 96 -> 88)" in one_line(result.output)
+    result = cli("train", *common, "--auto-resume")
+    assert "starting over" in result.output and "hidden_dim 96 -> 88" in one_line(result.output)
+    assert final_weights(workdir / "runs" / "tiny")["layers.0.feed_forward.w1.weight"].shape == (88, 32)
+
+
+def test_checkpoints_hold_the_cuda_rng_state_of_their_own_device(tmp_path: Path, monkeypatch) -> None:
+    """One generator state, the saving process's device's, restored to the resuming process's
+    device; an old checkpoint's list of every device's state loads too (on fewer devices).
+    No GPU here: torch.cuda's generator functions are replaced by a table of two devices."""
+    from nonllama.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+    generators = {0: torch.zeros(16, dtype=torch.uint8), 1: torch.arange(16, dtype=torch.uint8)}
+
+    def set_generator(state: torch.Tensor, device: int) -> None:
+        generators[device] = state.clone()
+
+    def every_device(*args) -> None:
+        raise AssertionError("the generators of every device were read or written")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: generators[device].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_generator)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", every_device)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", every_device)
+
+    state = rng_state()
+    assert isinstance(state["cuda"], torch.Tensor) and torch.equal(state["cuda"], generators[1])
+    path = save_checkpoint(tmp_path, 1, {"model": {}, "rng": state}, keep=2)
+    generators[1] = torch.full((16,), 5, dtype=torch.uint8)
+    set_rng_state(load_checkpoint(path)["rng"])
+    assert torch.equal(generators[1], torch.arange(16, dtype=torch.uint8))
+    assert torch.equal(generators[0], torch.zeros(16, dtype=torch.uint8))
+
+    # written by get_rng_state_all on rank 0 of a 3-GPU machine, whose own device was cuda:0
+    old = {**state, "cuda": [torch.full((16,), i, dtype=torch.uint8) for i in (7, 8, 9)]}
+    path = save_checkpoint(tmp_path, 2, {"model": {}, "rng": old}, keep=2)
+    set_rng_state(load_checkpoint(path)["rng"])
+    assert torch.equal(generators[1], torch.full((16,), 7, dtype=torch.uint8))
+    assert torch.equal(generators[0], torch.zeros(16, dtype=torch.uint8))
 
 
 def test_user_mistakes_are_one_line_errors(cli, workdir: Path, tmp_path: Path) -> None:

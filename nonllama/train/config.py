@@ -61,7 +61,7 @@ class TrainConfig:
     dtype: str = "auto"
     compile: bool = False
     seed: int = 1337
-    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
+    max_bad_steps: int = 5  # steps in a row with a non-finite loss or gradient norm that stop the run
     stop_at: int | None = None  # stop (with a checkpoint) at this step; the schedule still spans max_steps
 
     def check(self) -> None:
@@ -201,8 +201,8 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], *, workdir:
     """The effective config: defaults < the resumed checkpoint's < --config's < the command line's.
 
     --data and --out default to <workdir>/packed and <workdir>/runs/<name or preset>. On
-    --resume the shapes in LOCKED_ON_RESUME must agree with the checkpoint's; anything else
-    (more steps, another eval cadence) may change.
+    --resume the shapes in LOCKED_ON_RESUME and --dtype must agree with the checkpoint's;
+    anything else (more steps, another eval cadence) may change.
     """
     layers = [("--config [train]", file_values), ("command line", cli_values)]
     given = merge(layers)
@@ -219,6 +219,13 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], *, workdir:
     saved = dict(load_checkpoint(checkpoint)["config"])
     saved.pop("stop_at", None)  # where the last invocation stopped is not where this one should
     resumed = merge([("defaults", workdir_defaults), (str(checkpoint), saved), *layers[1:]])
+    started_with = saved.get("dtype", resumed.dtype)
+    if resumed.dtype != started_with:
+        # the grad scaler's state exists for fp16 alone, and another precision would continue
+        # another run than the one the checkpoint's metrics describe
+        raise ValueError(f"run {config.out} was started with --dtype {started_with}; resume it with --dtype "
+                         f"{started_with} (or leave --dtype out), or start a new run with --dtype "
+                         f"{resumed.dtype} and another --out")
     problems = locked_differences(TrainConfig(**{**saved, "stop_at": None}), resumed)
     if problems:
         raise ValueError(f"{'; '.join(problems)} ({checkpoint}): a resumed run keeps its model and --seq-len")

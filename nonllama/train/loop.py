@@ -1,9 +1,9 @@
 """The training loop: one process of `nonllama train`, alone or as one rank of N.
 
     train(config) -> for each step: grad_accum micro-batches (forward, backward), average
-    the loss over ranks, skip the step if it is not finite, clip, AdamW, schedule;
-    log metrics; every eval_every steps evaluate on the val shards; every save_every steps
-    write a checkpoint.
+    the loss over ranks, skip the step if it is not finite, clip, skip the step if the gradient
+    norm is not finite, AdamW, schedule; log metrics; every eval_every steps evaluate on the val
+    shards; every save_every steps write a checkpoint (never of weights that are not finite).
 
 Under `torch.distributed.run` (RANK, WORLD_SIZE, LOCAL_RANK set) the model is wrapped in
 DistributedDataParallel, NCCL on GPUs, gloo on CPU; rank 0 alone writes files and prints.
@@ -36,10 +36,11 @@ from rich.progress import (
 )
 
 from nonllama import __version__
-from nonllama.model import Llama
+from nonllama.model import Llama, ModelConfig
 from nonllama.pipeline.io import StageError, atomic_write_text
 from nonllama.train.checkpoint import (
     CHECKPOINT_DIR,
+    check_finite_weights,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
@@ -142,8 +143,11 @@ def decide_auto_resume(config: TrainConfig, world_size: int) -> AutoDecision:
     saved, asked = dict(state.get("config", {})), config.to_dict()
     changed = [f"{k} {saved.get(k)!r} -> {asked[k]!r}" for k in asked
                if k not in RUN_CONTROL and saved.get(k) != asked[k]]
-    if state.get("data_digest") != PackedData(Path(config.data)).digest:
+    data = PackedData(Path(config.data))
+    if state.get("data_digest") != data.digest:
         changed.append(f"the tokens in {config.data}")
+    else:
+        changed += model_differences(state, config.model_config(data.vocab_size))
     if state.get("world_size", 1) != world_size:
         changed.append(f"processes {state.get('world_size', 1)} -> {world_size}")
     if changed:
@@ -151,6 +155,29 @@ def decide_auto_resume(config: TrainConfig, world_size: int) -> AutoDecision:
     if state["step"] >= config.total_steps(world_size):
         return AutoDecision("up_to_date", f"step {state['step']:,} of {config.total_steps(world_size):,}")
     return AutoDecision("resume", f"from step {state['step']:,}")
+
+
+def model_differences(state: dict, model_config: ModelConfig) -> list[str]:
+    """How the model a checkpoint holds differs from `model_config`: its fields that differ,
+    the feed-forward width compared as the size it comes to (hidden_dim, or multiple_of's rounding)."""
+    if "model_config" not in state:
+        return []
+
+    def shape(config: ModelConfig) -> dict:
+        return {**asdict(config), "hidden_dim": config.ffn_dim, "multiple_of": None}
+
+    saved, wanted = shape(ModelConfig(**state["model_config"])), shape(model_config)
+    return [f"{k} {saved[k]!r} -> {wanted[k]!r}" for k in wanted if saved[k] != wanted[k]]
+
+
+def check_same_model(checkpoint: Path, state: dict, model_config: ModelConfig) -> None:
+    """Raise StageError when the options now make another model than the checkpoint holds, as
+    they do when a preset changed since the run started (the 260k preset gained llama2.c's
+    multiple_of 4, hidden size 172 instead of 192)."""
+    differences = model_differences(state, model_config)
+    if differences:
+        raise StageError(f"{checkpoint} holds another model than the options now make ({', '.join(differences)}), "
+                         "as when its preset changed since the run started: start a new run with another --out")
 
 
 def clear_run(out: Path) -> None:
@@ -225,6 +252,8 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     model_config = config.model_config(data.vocab_size)
+    if state is not None:
+        check_same_model(checkpoint, state, model_config)
     model = Llama(model_config).to(device)
     optimizer = model.configure_optimizer(config.lr, config.weight_decay, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -264,6 +293,13 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
             "world_size": ranks.world_size, "version": __version__,
         }
 
+    def save() -> None:
+        """A checkpoint of the current step; every rank checks the weights (the same under DDP)
+        first, so that all of them stop together when they are not finite."""
+        check_finite_weights(out, step, model.state_dict())
+        if ranks.is_main:
+            save_checkpoint(out, step, snapshot(), config.keep)
+
     last: dict = {}
     saved_at = step if checkpoint is not None else -1
     with log.progress(total_steps, step, console) as advance:
@@ -288,21 +324,34 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
             if ranks.world_size > 1:
                 dist.all_reduce(loss_sum)
             loss_value = loss_sum.item() / (config.grad_accum * ranks.world_size)
+            grad_norm, problem, scaler_overflow = math.nan, f"loss {loss_value}", False
             if math.isfinite(loss_value):
                 scaler.unscale_(optimizer)
+                # the gradients are all-reduced already: every rank gets the same norm, and so
+                # takes the same decision below
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip or math.inf).item()
-                scaler.step(optimizer)
+                if math.isfinite(grad_norm):
+                    problem = ""
+                    scaler.step(optimizer)
+                else:
+                    problem = f"gradient norm {grad_norm}"
+                    # fp16: at a scale above 1 an overflow is the grad scaler's calibration, which
+                    # update() answers by halving the scale; only below that are the gradients bad
+                    scaler_overflow = scaler.is_enabled() and scaler.get_scale() > 1.0
                 scaler.update()
+            if not problem:
                 bad_streak = 0
             else:  # a bad batch or a spike: keep the weights, count it, stop if it persists
-                grad_norm = math.nan
                 skipped += 1
-                bad_streak += 1
+                bad_streak += 0 if scaler_overflow else 1
                 if bad_streak >= config.max_bad_steps:
                     raise StageError(
-                        f"loss not finite for {bad_streak} steps in a row, the last at step {step + 1}: "
-                        f"lower --lr, raise --warmup, or try --dtype fp32")
-            optimizer.zero_grad(set_to_none=True)
+                        f"loss or gradient norm not finite for {bad_streak} steps in a row, the last at "
+                        f"step {step + 1} ({problem}): lower --lr, raise --warmup, or try --dtype fp32")
+                if ranks.is_main:
+                    console.print(f"[yellow]train[/]: step {step + 1} skipped, {problem}: the weights are "
+                                  f"left as they were ({skipped} skipped so far)", highlight=False)
+            optimizer.zero_grad(set_to_none=True)  # a skipped step's gradients go too
             step += 1
             tokens_seen += tokens_per_step
             elapsed = time.perf_counter() - started
@@ -316,11 +365,10 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
                 last.update(evaluate(model, data.val, config, ranks, dtype))
                 log.eval(last)
             if step % config.save_every == 0 or step == stop:
-                if ranks.is_main:
-                    save_checkpoint(out, step, snapshot(), config.keep)
+                save()
                 saved_at = step
-    if ranks.is_main and saved_at != step:
-        save_checkpoint(out, step, snapshot(), config.keep)
+    if saved_at != step:
+        save()
     log.finish()
     return {**last, "step": step, "tokens": tokens_seen, "skipped": skipped, "total_steps": total_steps,
             "checkpoint": str(latest_checkpoint(out)) if ranks.is_main else None, "out": str(out)}
