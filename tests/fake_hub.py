@@ -21,11 +21,15 @@ token), `GatedRepo` (a gated repo's metadata and listing are public, its files n
 `RevisionNotFound`, `EntryNotFound`. A token other than `FakeHub.token`
 is answered 401 "Invalid credentials in Authorization header".
 
-Plain files for `fetch_url` live under `/files/{name}` (Range support optional per file, and
-a file can be cut short to simulate an interrupted transfer).
+Plain files for `fetch_url` live under `/files/{name}`, answered as a static file server does:
+`ETag` (a hash of the content) and `Last-Modified` (each optional per file), `Range` (optional)
+and `If-Range` (the range, 206, only while the validator sent is the file's current one; else
+200 with the whole file). `FakeHub.change_file` gives a file new content (a new ETag, a
+Last-Modified a minute later) between two requests; a file can be cut short to simulate an
+interrupted transfer, or refuse HEAD (405).
 
 Every request is logged in `.requests` as (method, path without query); `.log` has the
-headers too.
+headers and the status answered too.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -61,11 +66,28 @@ class FakeRepo:
         return revision if revision in self.commits else None
 
 
+FIRST_MODIFIED = 1_700_000_000  # Last-Modified of a file's first content (a Unix time)
+
+
 @dataclass
 class PlainFile:
     data: bytes
     ranges: bool = True  # answer Range requests with 206 (else ignore them: 200, whole body)
     cut_at: int | None = None  # send only this many bytes of the body, then close
+    etag: bool = True  # send an ETag
+    last_modified: bool = True  # send a Last-Modified date
+    if_range: bool = True  # honour If-Range (else a broken server: the range even of a changed file)
+    head: bool = True  # answer HEAD (else 405 Method Not Allowed)
+    changes: int = 0  # how many times change_file gave it new content
+
+    def validators(self) -> dict[str, str]:
+        headers = {}
+        if self.etag:
+            headers["ETag"] = f'"{hashlib.sha256(self.data).hexdigest()[:32]}"'
+        if self.last_modified:
+            # HTTP dates have one-second resolution: a change is a minute later
+            headers["Last-Modified"] = formatdate(FIRST_MODIFIED + 60 * self.changes, usegmt=True)
+        return headers
 
 
 class FakeHub:
@@ -134,12 +156,21 @@ class FakeHub:
                 self.blobs[hashlib.sha256(data).hexdigest()] = data
         return sha
 
-    def add_file(
-        self, name: str, data: bytes, *, ranges: bool = True, cut_at: int | None = None
-    ) -> str:
-        """Serve `data` at /files/{name}; returns its URL."""
-        self.files[name] = PlainFile(data, ranges=ranges, cut_at=cut_at)
+    def add_file(self, name: str, data: bytes, **options) -> str:
+        """Serve `data` at /files/{name} (`options`: PlainFile's fields); returns its URL."""
+        self.files[name] = PlainFile(data, **options)
         return f"{self.url}/files/{name}"
+
+    def change_file(self, name: str, data: bytes) -> None:
+        """Give /files/{name} new content, as an upload over it would: new ETag, later date."""
+        file = self.files[name]
+        with self._lock:
+            file.data = data
+            file.changes += 1
+
+    def answered(self, path: str, method: str = "GET") -> list[dict]:
+        """The log entries (headers sent, status answered) of `method` requests for `path`."""
+        return [e for e in self.log if e["path"] == path and e["method"] == method]
 
     @staticmethod
     def is_lfs(path: str) -> bool:
@@ -149,18 +180,19 @@ class FakeHub:
         """How many requests asked for `path` (exact, as sent: percent-encoded, no query)."""
         return sum(1 for m, p in self.requests if p == path and (method is None or m == method))
 
-    def _record(self, handler: BaseHTTPRequestHandler, server: str) -> None:
+    def _record(self, handler: BaseHTTPRequestHandler, server: str) -> dict:
         path = handler.path.split("?", 1)[0]
+        entry = {
+            "server": server,
+            "method": handler.command,
+            "path": path,
+            "headers": {k.lower(): v for k, v in handler.headers.items()},
+            "status": None,  # set when the answer is sent
+        }
         with self._lock:
             self.requests.append((handler.command, path))
-            self.log.append(
-                {
-                    "server": server,
-                    "method": handler.command,
-                    "path": path,
-                    "headers": {k.lower(): v for k, v in handler.headers.items()},
-                }
-            )
+            self.log.append(entry)
+        return entry
 
 
 # -------------------------------------------------------------------- HTTP handling
@@ -181,10 +213,14 @@ def _handler(hub: FakeHub, *, cdn: bool):
         def do_GET(self):
             self._dispatch()
 
+        def send_response(self, code, message=None):
+            self._entry["status"] = code
+            super().send_response(code, message)
+
         # ------------------------------------------------------------ plumbing
 
         def _dispatch(self):
-            hub._record(self, "cdn" if cdn else "hub")
+            self._entry = hub._record(self, "cdn" if cdn else "hub")
             split = urlsplit(self.path)
             parts = split.path.split("/")[1:]
             query = parse_qs(split.query)
@@ -223,10 +259,15 @@ def _handler(hub: FakeHub, *, cdn: bool):
             self._send(status, json.dumps({"error": text}).encode(), headers)
             raise _Answered
 
-        def _body(self, data: bytes, headers: dict, *, ranges: bool = True, cut_at=None):
+        def _body(
+            self, data: bytes, headers: dict, *, ranges: bool = True, cut_at=None, if_range=True
+        ):
             """200 or 206 (Range) with `data`; `cut_at` closes the connection early."""
             status, start, end = 200, 0, len(data) - 1
             wanted = self.headers.get("Range")
+            validator = self.headers.get("If-Range")
+            if wanted and validator is not None and if_range and not _current(validator, headers):
+                wanted = None  # changed since the client's copy: the whole file (RFC 9110 13.1.5)
             if wanted and ranges:
                 match = _RANGE.match(wanted.strip())
                 if match and (match.group(1) or match.group(2)):
@@ -240,7 +281,7 @@ def _handler(hub: FakeHub, *, cdn: bool):
                     else:
                         start = max(len(data) - int(match.group(2)), 0)
                     if start >= len(data) or start > end:
-                        self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+                        self._send(416, b"", {**headers, "Content-Range": f"bytes */{len(data)}"})
                         return
                     status = 206
                     headers = {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"}
@@ -413,14 +454,29 @@ def _handler(hub: FakeHub, *, cdn: bool):
             if file is None:
                 self._send(404, b"no such file", {"Content-Type": "text/plain"})
                 return
+            if self.command == "HEAD" and not file.head:
+                self._send(405, b"", {"Allow": "GET"})
+                return
+            with hub._lock:  # one version of the file per answer, even while a test changes it
+                data, validators = file.data, file.validators()
             self._body(
-                file.data,
-                {"Content-Type": "application/octet-stream"},
+                data,
+                {"Content-Type": "application/octet-stream", **validators},
                 ranges=file.ranges,
                 cut_at=file.cut_at,
+                if_range=file.if_range,
             )
 
     return Handler
+
+
+def _current(validator: str, headers: dict) -> bool:
+    """Whether an If-Range validator is the file's current one: a strong ETag compared strongly,
+    or exactly the Last-Modified date."""
+    if validator.startswith(("W/", '"')):
+        etag = headers.get("ETag")
+        return not validator.startswith("W/") and etag is not None and validator == etag
+    return validator == headers.get("Last-Modified")
 
 
 class _Answered(Exception):

@@ -230,6 +230,66 @@ def test_url_source(tmp_path, cli, fake_hub):
     assert docs["source"][0] == "docs"
 
 
+@pytest.mark.parametrize(
+    "validators, new_content",
+    [
+        # a change of the same size: only the validators can show it
+        (True, b'{"text": "final version"}\n'),
+        # without validators a change of size is all that can be seen
+        (False, b'{"text": "second version"}\n{"text": "and more"}\n'),
+    ],
+    ids=["etag-and-date", "no-validators"],
+)
+def test_url_source_is_fetched_again_only_when_it_changed(tmp_path, cli, fake_hub, validators, new_content):
+    name = "docs.jsonl"
+    url = fake_hub.add_file(name, b'{"text": "first version"}\n', etag=validators, last_modified=validators)
+    out = tmp_path / "raw"
+
+    def requests(method: str) -> int:
+        return fake_hub.hits(f"/files/{name}", method)
+
+    cli("download", url, "-o", out)
+    assert requests("GET") == 1
+    # unchanged: one HEAD says so; nothing is fetched, nothing redone
+    assert "up to date" in cli("download", url, "-o", out).output
+    assert (requests("GET"), requests("HEAD")) == (1, 2)
+    # --force fetches it again
+    cli("download", url, "-o", out, "--force")
+    assert requests("GET") == 2
+    assert read_parts(out)["text"].to_list() == ["first version"]
+
+    fake_hub.change_file(name, new_content)
+    changed = cli("download", url, "-o", out)
+    assert "up to date" not in changed.output and requests("GET") == 3
+    expected = [json.loads(line)["text"] for line in new_content.splitlines()]
+    assert read_parts(out)["text"].to_list() == expected
+    recorded = read_manifest(out)["input"]["urls"][url]
+    assert recorded["size"] == len(new_content)
+    assert (recorded["etag"] is not None) == validators
+    # and the new version, once read, is up to date
+    assert "up to date" in cli("download", url, "-o", out).output and requests("GET") == 3
+
+
+def test_url_source_interrupted_then_rerun_resumes(tmp_path, cli, fake_hub):
+    body = "".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(5000)).encode()
+    url = fake_hub.add_file("big.jsonl", body, cut_at=len(body) // 2)
+    out = tmp_path / "raw"
+    failed = cli("download", url, "-o", out, expect=2)
+    assert url in failed.output and "resume" in failed.output and "Traceback" not in failed.output
+
+    fake_hub.files["big.jsonl"].cut_at = None  # the network is back
+    cli("download", url, "-o", out)
+    resumed = fake_hub.answered("/files/big.jsonl")[-1]
+    assert resumed["headers"]["range"] == f"bytes={len(body) // 2}-" and resumed["status"] == 206
+    assert read_parts(out)["text"].to_list() == [f"document {i}" for i in range(5000)]
+
+
+def test_missing_url_source_is_a_one_line_error(tmp_path, cli, fake_hub):
+    url = f"{fake_hub.url}/files/gone.jsonl"
+    result = cli("download", url, "-o", tmp_path / "raw", expect=2)
+    assert f"HTTP 404 Not Found for {url}" in result.output and "Traceback" not in result.output
+
+
 def test_help_lists_the_stages(cli):
     output = cli("--help").output
     assert "download" in output and "normalize" in output

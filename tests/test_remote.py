@@ -6,6 +6,7 @@ Everything runs against tests/fake_hub.py, a local server speaking the Hub's HTT
 from __future__ import annotations
 
 import io
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,9 +16,11 @@ from nonllama.pipeline.records import SourceError
 from nonllama.pipeline.remote import (
     CONVERT_BRANCH,
     HubSpec,
+    UrlVersion,
     fetch_hub_file,
     fetch_url,
     parse_hub_spec,
+    probe_url,
     resolve_hub_files,
 )
 
@@ -293,6 +296,26 @@ def test_fetch_hub_file_missing_file_is_named(fake_hub, tmp_path):
 # --------------------------------------------------------------------------- URLs
 
 BODY = bytes(range(256)) * 400  # 100 KiB
+# another version of the file, of the same size: only the validators tell the two apart
+NEW_BODY = bytes(reversed(range(256))) * 400
+HALF = len(BODY) // 2
+
+
+def gets(fake_hub, name: str) -> list[dict]:
+    """The GETs the server saw for /files/{name}: headers sent, status answered."""
+    return fake_hub.answered(f"/files/{name}", "GET")
+
+
+def interrupt(fake_hub, url: str, cache, name: str) -> None:
+    """Fetch until the server hangs up half-way: a .part of half the file is left."""
+    fake_hub.files[name].cut_at = HALF
+    with pytest.raises(SourceError) as excinfo:
+        fetch_url(url, cache)
+    message = one_line_error(excinfo)
+    assert url in message and "resume" in message
+    [part] = cache.glob("*.part")
+    assert part.stat().st_size == HALF and not list(cache.glob(f"*-{name}"))
+    fake_hub.files[name].cut_at = None  # the network is back
 
 
 def test_fetch_url_downloads_and_caches(fake_hub, tmp_path):
@@ -304,60 +327,176 @@ def test_fetch_url_downloads_and_caches(fake_hub, tmp_path):
     assert calls[-1] == (len(BODY), len(BODY))
     assert not list(tmp_path.glob("*.part"))
 
+    # unchanged on the server: one HEAD says so, the file is not fetched again
     assert fetch_url(url, tmp_path) == local
-    assert fake_hub.hits("/files/dump/data.jsonl.gz") == 1
+    path = "/files/dump/data.jsonl.gz"
+    assert (fake_hub.hits(path, "GET"), fake_hub.hits(path, "HEAD")) == (1, 1)
+    # told the server's version (as the download stage does after its plan): no request at all
+    seen = len(fake_hub.requests)
+    assert fetch_url(url, tmp_path, version=probe_url(url)) == local
+    assert len(fake_hub.requests) == seen + 1  # probe_url's HEAD
     # another URL with the same basename gets its own file
     other = fake_hub.add_file("other/data.jsonl.gz", b"other")
     assert fetch_url(other, tmp_path) != local
 
 
-def test_fetch_url_resumes_a_part_file(fake_hub, tmp_path):
-    url = fake_hub.add_file("big.txt", BODY)
-    local = fetch_url(url, tmp_path / "first")  # learn the cache name
-    part = tmp_path / local.name
-    part = part.with_name(part.name + ".part")
-    part.write_bytes(BODY[:30_000])
+@pytest.mark.parametrize("validator", ["ETag", "Last-Modified"])
+def test_interrupted_download_resumes_with_if_range(fake_hub, tmp_path, validator):
+    name = "flaky.bin"
+    url = fake_hub.add_file(
+        name, BODY, etag=validator == "ETag", last_modified=validator == "Last-Modified"
+    )
+    interrupt(fake_hub, url, tmp_path, name)
 
     calls = []
     assert fetch_url(url, tmp_path, lambda d, t: calls.append((d, t))).read_bytes() == BODY
-    assert fake_hub.log[-1]["headers"]["range"] == "bytes=30000-"
-    assert calls[0] == (30_000, len(BODY)) and calls[-1] == (len(BODY), len(BODY))
+    resumed = gets(fake_hub, name)[-1]
+    assert resumed["headers"]["range"] == f"bytes={HALF}-"
+    assert resumed["headers"]["if-range"] == fake_hub.files[name].validators()[validator]
+    assert resumed["status"] == 206
+    assert calls[0] == (HALF, len(BODY)) and calls[-1] == (len(BODY), len(BODY))
+    assert not list(tmp_path.glob("*.part*"))
+
+
+@pytest.mark.parametrize("validator", ["ETag", "Last-Modified"])
+def test_file_changed_during_an_interruption_comes_whole(fake_hub, tmp_path, validator):
+    name = "moving.bin"
+    url = fake_hub.add_file(
+        name, BODY, etag=validator == "ETag", last_modified=validator == "Last-Modified"
+    )
+    interrupt(fake_hub, url, tmp_path, name)
+    fake_hub.change_file(name, NEW_BODY)
+
+    local = fetch_url(url, tmp_path)
+    assert local.read_bytes() == NEW_BODY  # not BODY[:HALF] + NEW_BODY[HALF:]
+    resumed = gets(fake_hub, name)[-1]
+    assert "if-range" in resumed["headers"] and resumed["status"] == 200
+    # the cache knows it holds the new version: not fetched again
+    assert fetch_url(url, tmp_path) == local and len(gets(fake_hub, name)) == 2
+
+
+def test_a_range_of_another_version_is_refused(fake_hub, tmp_path):
+    """A server that ignores If-Range sends a range of the changed file; its ETag gives it away."""
+    name = "broken.bin"
+    url = fake_hub.add_file(name, BODY, if_range=False)
+    interrupt(fake_hub, url, tmp_path, name)
+    fake_hub.change_file(name, NEW_BODY)
+
+    assert fetch_url(url, tmp_path).read_bytes() == NEW_BODY
+    ranged, whole = gets(fake_hub, name)[-2:]
+    assert (ranged["status"], whole["status"]) == (206, 200)
+    assert "range" not in whole["headers"]
+
+
+def test_a_file_changed_after_its_fetch_is_fetched_again(fake_hub, tmp_path):
+    name = "daily.jsonl"
+    url = fake_hub.add_file(name, BODY)
+    local = fetch_url(url, tmp_path)
+    fake_hub.change_file(name, NEW_BODY)
+
+    assert fetch_url(url, tmp_path) == local and local.read_bytes() == NEW_BODY
+    assert [e["status"] for e in gets(fake_hub, name)] == [200, 200]
+    # given the version the caller saw, the cached copy is checked against that one
+    fake_hub.change_file(name, BODY)
+    assert fetch_url(url, tmp_path, version=probe_url(url)).read_bytes() == BODY
+    assert len(gets(fake_hub, name)) == 3
+
+
+def test_refetch_before_fetches_an_unchanged_file_again(fake_hub, tmp_path):
+    name = "same.bin"
+    url = fake_hub.add_file(name, BODY)
+    fetch_url(url, tmp_path)
+    forced = time.time()
+    assert fetch_url(url, tmp_path, refetch_before=forced).read_bytes() == BODY
+    assert len(gets(fake_hub, name)) == 2
+    # fetched since `forced`: the same forced run reading the URL again does not fetch it again
+    assert fetch_url(url, tmp_path, refetch_before=forced).read_bytes() == BODY
+    assert len(gets(fake_hub, name)) == 2
+
+
+def test_a_server_without_validators_is_judged_by_size(fake_hub, tmp_path):
+    name = "bare.bin"
+    url = fake_hub.add_file(name, BODY, etag=False, last_modified=False)
+    interrupt(fake_hub, url, tmp_path, name)
+    # resumed with no If-Range to send: the 206's total size is checked instead
+    assert fetch_url(url, tmp_path).read_bytes() == BODY
+    resumed = gets(fake_hub, name)[-1]
+    assert resumed["headers"]["range"] == f"bytes={HALF}-" and "if-range" not in resumed["headers"]
+    assert resumed["status"] == 206
+
+    assert fetch_url(url, tmp_path).read_bytes() == BODY
+    assert len(gets(fake_hub, name)) == 2  # unchanged size: not fetched again
+    longer = BODY + b"appended"
+    fake_hub.change_file(name, longer)
+    assert fetch_url(url, tmp_path).read_bytes() == longer
+    assert len(gets(fake_hub, name)) == 3
+
+
+def test_a_server_without_validators_changed_during_an_interruption(fake_hub, tmp_path):
+    name = "bare.bin"
+    url = fake_hub.add_file(name, BODY, etag=False, last_modified=False)
+    interrupt(fake_hub, url, tmp_path, name)
+    longer = NEW_BODY + b"appended"
+    fake_hub.change_file(name, longer)
+
+    assert fetch_url(url, tmp_path).read_bytes() == longer
+    ranged, whole = gets(fake_hub, name)[-2:]
+    assert (ranged["status"], whole["status"]) == (206, 200)  # its total was not the .part's
+    assert "range" not in whole["headers"]
+
+
+def test_a_server_that_refuses_head_is_asked_for_one_byte(fake_hub, tmp_path):
+    name = "nohead.bin"
+    url = fake_hub.add_file(name, BODY, head=False)
+    validators = fake_hub.files[name].validators()
+    assert probe_url(url) == UrlVersion(validators["ETag"], validators["Last-Modified"], len(BODY))
+    assert gets(fake_hub, name)[-1]["headers"]["range"] == "bytes=0-0"
+
+    fetch_url(url, tmp_path)
+    assert fetch_url(url, tmp_path).read_bytes() == BODY
+    whole = [e for e in gets(fake_hub, name) if "range" not in e["headers"]]
+    assert len(whole) == 1
 
 
 def test_fetch_url_finishes_a_complete_part_without_downloading(fake_hub, tmp_path):
-    url = fake_hub.add_file("whole.txt", BODY)
-    name = fetch_url(url, tmp_path / "first").name
-    (tmp_path / f"{name}.part").write_bytes(BODY)  # stopped just before the rename
+    name = "whole.txt"
+    url = fake_hub.add_file(name, BODY)
+    local = fetch_url(url, tmp_path)
+    # stopped just before the rename: the whole file and its record still under .part
+    part = local.with_name(local.name + ".part")
+    local.rename(part)
+    meta = local.with_name(local.name + ".meta.json")
+    meta.rename(part.with_name(part.name + ".meta.json"))
+
     assert fetch_url(url, tmp_path).read_bytes() == BODY
-    assert fake_hub.log[-1]["headers"]["range"] == f"bytes={len(BODY)}-"  # answered 416
+    last = gets(fake_hub, name)[-1]
+    assert last["headers"]["range"] == f"bytes={len(BODY)}-" and last["status"] == 416
+
+
+def test_a_part_of_unknown_version_is_not_resumed(fake_hub, tmp_path):
+    """A .part without the record of which version it holds (e.g. left by an older nonllama)
+    could be a piece of another file: fetched whole rather than spliced."""
+    name = "old.txt"
+    url = fake_hub.add_file(name, BODY)
+    name_in_cache = fetch_url(url, tmp_path / "first").name
+    (tmp_path / f"{name_in_cache}.part").write_bytes(b"bytes of who knows what")
+    assert fetch_url(url, tmp_path).read_bytes() == BODY
+    assert "range" not in gets(fake_hub, name)[-1]["headers"]
 
 
 def test_fetch_url_restarts_when_the_server_ignores_range(fake_hub, tmp_path):
-    url = fake_hub.add_file("norange.txt", BODY, ranges=False)
-    name = fetch_url(url, tmp_path / "first").name
-    (tmp_path / f"{name}.part").write_bytes(b"stale bytes")
+    name = "norange.txt"
+    url = fake_hub.add_file(name, BODY, ranges=False)
+    interrupt(fake_hub, url, tmp_path, name)
     assert fetch_url(url, tmp_path).read_bytes() == BODY
+    assert gets(fake_hub, name)[-1]["status"] == 200
 
 
-def test_fetch_url_interrupted_then_resumed(fake_hub, tmp_path):
-    url = fake_hub.add_file("flaky.bin", BODY, cut_at=40_000)
-    with pytest.raises(SourceError) as excinfo:
-        fetch_url(url, tmp_path)
-    message = one_line_error(excinfo)
-    assert url in message and "resume" in message
-    [part] = tmp_path.glob("*.part")
-    assert part.stat().st_size == 40_000 and not list(tmp_path.glob("*-flaky.bin"))
-
-    fake_hub.files["flaky.bin"].cut_at = None  # the network is back
-    assert fetch_url(url, tmp_path).read_bytes() == BODY
-    assert fake_hub.log[-1]["headers"]["range"] == "bytes=40000-"
-    assert not list(tmp_path.glob("*.part"))
-
-
-def test_fetch_url_http_error_names_url_and_status(fake_hub, tmp_path):
+@pytest.mark.parametrize("call", [fetch_url, probe_url], ids=["fetch_url", "probe_url"])
+def test_url_http_error_names_url_and_status(fake_hub, tmp_path, call):
     url = f"{fake_hub.url}/files/missing.jsonl"
     with pytest.raises(SourceError) as excinfo:
-        fetch_url(url, tmp_path)
+        call(url, tmp_path) if call is fetch_url else call(url)
     assert one_line_error(excinfo) == f"HTTP 404 Not Found for {url}"
     assert not list(tmp_path.glob("*.part"))
 

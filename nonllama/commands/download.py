@@ -9,7 +9,6 @@ import typer
 
 from nonllama.cli import (
     ExecutorOpt,
-    ForceOpt,
     RayAddressOpt,
     WorkdirOpt,
     WorkersOpt,
@@ -52,7 +51,7 @@ def download(
     workers: WorkersOpt = 1,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
-    force: ForceOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Redo the stage even if it is up to date, and fetch http(s) sources again (a URL whose server sends no ETag or Last-Modified can change unseen; hf: files are pinned to a commit and kept).")] = False,
 ) -> None:
     """Read SOURCES into Parquet documents (id, text, source, meta); bad records are quarantined."""
     from nonllama.pipeline.download import run_download

@@ -19,10 +19,12 @@ import json
 import os
 import re
 import shutil
+import time
 from array import array
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +47,9 @@ from nonllama.pipeline.io import (
     json_digest,
 )
 from nonllama.pipeline.records import BadRecord, Record, SourceError
+
+if TYPE_CHECKING:
+    from nonllama.pipeline.remote import UrlVersion
 
 STAGE = "download"
 QUARANTINE_NAME = "quarantine.jsonl"
@@ -87,6 +92,7 @@ class SourceFile:
     repo_id: str | None = None
     revision: str | None = None
     fingerprint: str = ""  # what makes a rerun "the same input"
+    version: UrlVersion | None = None  # a URL: the version the server had when the run planned
 
 
 @dataclass
@@ -99,6 +105,7 @@ class DownloadTask:
     output_dir: Path  # the task's parts go here under their final names: part-TTTTT-CCCC.parquet
     cache_dir: Path
     scratch: Path | None = None  # its quarantine file; set by the driver's context
+    refetch_before: float | None = None  # --force: URL copies cached before this time.time() are fetched again
 
 
 @dataclass
@@ -154,8 +161,13 @@ def resolve_source(spec: str, config: DownloadConfig, skipped: list[str] | None 
             for path, rev in resolve_hub_files(hub, config.split)
         ]
     if re.match(r"https?://", spec):
+        from nonllama.pipeline.remote import probe_url
+
         name = spec.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
-        return [SourceFile("url", spec, name, fingerprint=spec)]
+        # the server's validators are part of the input: a file changed upstream is a changed
+        # input, so the stage is not up to date (and fetch_url fetches it again)
+        version = probe_url(spec)
+        return [SourceFile("url", spec, name, fingerprint=f"{spec} {version.describe()}", version=version)]
     if "://" in spec or (":" in spec.split("/")[0] and not Path(spec).exists()):
         raise SourceError(
             f"{spec}: unknown scheme (use a local path, hf:OWNER/NAME, http(s):// or 'sample')"
@@ -335,7 +347,9 @@ def _records(file: SourceFile, task: DownloadTask) -> Iterator[Record | BadRecor
     else:
         from nonllama.pipeline.remote import fetch_url
 
-        path, shown = fetch_url(file.location, task.cache_dir / "http"), file.location
+        path = fetch_url(file.location, task.cache_dir / "http", version=file.version,
+                         refetch_before=task.refetch_before)
+        shown = file.location
     yield from iter_file(path, text_field=cfg.text_field, split_on=cfg.split_on, display_name=shown)
 
 
@@ -454,6 +468,10 @@ def run_download(
     output_dir = Path(output_dir)
     skipped: list[str] = []
     tasks = plan_tasks(config, output_dir, skipped)
+    if force:  # --force also distrusts the URL cache: a server without validators may have changed
+        started = time.time()
+        for task in tasks:
+            task.refetch_before = started
     fingerprints = [[f.fingerprint for f in t.files] for t in tasks]
     digest = json_digest(fingerprints)
     if not any(t.files for t in tasks):
@@ -466,8 +484,11 @@ def run_download(
         results = ctx.map(read_task, tasks, label=STAGE)
         return _assemble(results, tasks, output_dir, ctx.work_dir, skipped)
 
-    job = StageJob(STAGE, asdict(config), output_dir, local,
-                   {"sources": config.sources, "files": sum(len(f) for f in fingerprints), "digest": digest}, work)
+    input_info: dict = {"sources": config.sources, "files": sum(len(f) for f in fingerprints), "digest": digest}
+    remote = {f.location: asdict(f.version) for t in tasks for f in t.files if f.version is not None}
+    if remote:  # which version of each URL this output was made from
+        input_info["urls"] = remote
+    job = StageJob(STAGE, asdict(config), output_dir, local, input_info, work)
     return drive(job, executor=executor, workers=workers, force=force, console=console)
 
 

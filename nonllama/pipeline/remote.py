@@ -4,7 +4,10 @@ A Hub source is `hf:OWNER/NAME[:CONFIG][@REVISION]`. It is resolved once, up fro
 the list of its Parquet files at one commit (`resolve_hub_files`); each file is then fetched
 only when a reader needs it (`fetch_hub_file`), into the huggingface_hub cache, so a rerun
 never downloads again a file it already has. A URL is fetched by `fetch_url` into a plain
-cache directory, resuming an interrupted download with an HTTP Range request.
+cache directory, with a record of which version of the file it holds (ETag, Last-Modified,
+size): a copy is fetched again when the server's file changed (`probe_url` asks with a HEAD),
+and an interrupted download resumes with Range + If-Range, so a file that changed meanwhile
+comes whole rather than as a splice of two versions.
 
 huggingface_hub reads HF_ENDPOINT into a constant when it is imported, so the endpoint is
 read from the environment at each call and passed explicitly; HF_TOKEN is read by
@@ -14,12 +17,14 @@ huggingface_hub at each call.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -396,12 +401,123 @@ def fetch_hub_file(spec: HubSpec, path_in_repo: str, revision: str, cache_dir: P
 # --------------------------------------------------------------------------- URLs
 
 
+@dataclass(frozen=True)
+class UrlVersion:
+    """Which version of a remote file a response describes: the server's validators.
+
+    `etag` and `last_modified` are the ETag and Last-Modified headers as sent, `size` the whole
+    file's length in bytes; a server need not send any of them (None).
+    """
+
+    etag: str | None = None
+    last_modified: str | None = None
+    size: int | None = None
+
+    @classmethod
+    def from_response(cls, status: int, headers) -> UrlVersion:
+        """The version an HTTP answer (200, 206, 416, or a HEAD's 200) describes."""
+        size = None
+        if status in (206, 416):
+            match = _CONTENT_RANGE_TOTAL.search(headers.get("Content-Range", "") or "")
+            size = int(match.group(1)) if match else None
+        elif status == 200:
+            length = (headers.get("Content-Length") or "").strip()
+            size = int(length) if length.isdigit() else None
+        return cls(headers.get("ETag") or None, headers.get("Last-Modified") or None, size)
+
+    def describe(self) -> str:
+        """One line, for the stage's input fingerprint and for messages."""
+        return f"etag={self.etag} last-modified={self.last_modified} size={self.size}"
+
+    def if_range(self) -> str | None:
+        """The validator to send as If-Range: a strong ETag, else the Last-Modified date.
+
+        A weak ETag (W/"...") must not be sent in If-Range (RFC 9110 13.1.5): it only says two
+        versions mean the same, not that their bytes are the same, and a range must splice bytes.
+        """
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+    def differs_from(self, other: UrlVersion) -> bool:
+        """True when `other` is known to be another version of the file than this one.
+
+        Only what both sides have is compared. ETags are compared weakly (W/"x" and "x" are the
+        same tag: a server may weaken a tag, e.g. when it compresses, without the file changing).
+        Without ETag and Last-Modified the size alone decides, and it cannot see a change that
+        keeps the size (a fixed typo, a record edited to the same length): such a file is taken
+        for unchanged and the cached copy is used until `--force`. With no size either, no
+        change can be seen at all.
+        """
+        if self.etag and other.etag and _weak(self.etag) != _weak(other.etag):
+            return True
+        if self.last_modified and other.last_modified and self.last_modified != other.last_modified:
+            return True
+        return self.size is not None and other.size is not None and self.size != other.size
+
+
+def _weak(etag: str) -> str:
+    return etag[2:] if etag.startswith("W/") else etag
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_CONTENT_RANGE_TOTAL = re.compile(r"/(\d+)\s*$")  # 'bytes 0-9/100' and 416's 'bytes */100'
+
+
 def _cache_name(url: str) -> str:
     """'<xxhash of url>-<basename>': the basename keeps its suffix (readers dispatch on it)."""
     path = urlsplit(url).path
     base = unquote(path.rstrip("/").rsplit("/", 1)[-1])
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "download"
     return f"{xxhash.xxh64_hexdigest(url.encode())}-{base[-120:]}"
+
+
+def _meta_path(path: Path) -> Path:
+    """The sidecar that records which version of the URL `path` (a cached file or its .part) holds."""
+    return path.with_name(path.name + ".meta.json")
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """A sidecar's record: the version a file's bytes are of, and when its fetch began."""
+
+    version: UrlVersion
+    fetched_at: float  # time.time() when the GET that began the file was sent
+
+
+def _read_meta(path: Path) -> _Fetched | None:
+    """The record of `path`, or None when it has none, or one this code cannot read (an older
+    nonllama's cache, a file cut short): such bytes are of an unknown version and not reused."""
+    try:
+        raw = json.loads(_meta_path(path).read_text(encoding="utf-8"))
+        size = raw["size"]
+        return _Fetched(
+            UrlVersion(raw["etag"], raw["last_modified"], int(size) if size is not None else None),
+            float(raw["fetched_at"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_meta(path: Path, url: str, record: _Fetched) -> None:
+    meta = _meta_path(path)
+    tmp = meta.with_name(f".{meta.name}.tmp-{os.getpid()}")
+    payload = {"url": url, **asdict(record.version), "fetched_at": record.fetched_at}
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, meta)
+
+
+def _forget(path: Path) -> None:
+    """Remove a cached file (or .part) and its record; the record first, so that a crash in
+    between never leaves a record describing bytes that are not there."""
+    _meta_path(path).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
+def _usable(record: _Fetched | None, refetch_before: float | None) -> _Fetched | None:
+    if record is None or (refetch_before is not None and record.fetched_at < refetch_before):
+        return None
+    return record
 
 
 @contextlib.contextmanager
@@ -430,17 +546,51 @@ def _http_error(url: str, exc: urllib.error.HTTPError) -> SourceError:
     return SourceError(f"HTTP {exc.code} {reason} for {url}".replace("  ", " "))
 
 
-def _open(url: str, offset: int, timeout: float):
+def _open(url: str, headers: dict[str, str], timeout: float, method: str = "GET"):
+    """The server's answer; urllib's HTTPError for a 4xx/5xx (the caller decides), any other
+    failure a one-line SourceError naming the URL."""
     request = urllib.request.Request(
-        url, headers={"User-Agent": "nonllama", "Accept-Encoding": "identity"}
+        url,
+        headers={"User-Agent": "nonllama", "Accept-Encoding": "identity", **headers},
+        method=method,
     )
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    opener = urllib.request.build_opener()
-    return opener.open(request, timeout=timeout)
+    try:
+        return urllib.request.build_opener().open(request, timeout=timeout)
+    except urllib.error.HTTPError:
+        raise
+    except urllib.error.URLError as exc:
+        raise SourceError(f"cannot download {url}: {_one_line(exc.reason)}") from exc
+    except TimeoutError as exc:
+        raise SourceError(f"cannot download {url}: no answer within {timeout:g}s") from exc
+    except OSError as exc:
+        raise SourceError(f"cannot download {url}: {_one_line(exc)}") from exc
 
 
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+def probe_url(url: str, *, timeout: float = URL_TIMEOUT) -> UrlVersion:
+    """The version of the file the server has at `url` now, from a HEAD (no body is sent).
+
+    A server that refuses HEAD (405, 501) is asked for the first byte instead. HTTP errors
+    become SourceError('HTTP 404 Not Found for URL').
+    """
+    _check_scheme(url)
+    try:
+        response = _open(url, {}, timeout, method="HEAD")
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code not in (405, 501):
+            raise _http_error(url, exc) from exc
+        try:
+            response = _open(url, {"Range": "bytes=0-0"}, timeout)
+        except urllib.error.HTTPError as again:
+            again.close()
+            raise _http_error(url, again) from again
+    with response:  # closed unread: a server that ignored the Range does not send us the file
+        return UrlVersion.from_response(response.status, response.headers)
+
+
+def _check_scheme(url: str) -> None:
+    if urlsplit(url).scheme.lower() not in ("http", "https"):
+        raise SourceError(f"not an http(s) URL: {url}")
 
 
 def fetch_url(
@@ -448,84 +598,131 @@ def fetch_url(
     cache_dir: Path,
     progress: Callable[[int, int | None], None] | None = None,
     *,
+    version: UrlVersion | None = None,
+    refetch_before: float | None = None,
     timeout: float = URL_TIMEOUT,
 ) -> Path:
-    """Download an http(s) URL to cache_dir/<xxhash of url>-<basename>, or return it if it is there.
+    """Download an http(s) URL to cache_dir/<xxhash of url>-<basename>, or return the copy there.
 
-    The body streams into '<name>.part', renamed into place once complete. An existing .part
-    is resumed with a Range request when the server answers 206, else the download restarts.
-    HTTP errors become SourceError('HTTP 404 Not Found for URL'). `progress(done, total)` is
-    called as chunks arrive (total None when the server does not say).
+    Each cached file has a sidecar '<name>.meta.json' recording the version (ETag,
+    Last-Modified, size: see UrlVersion) of the response its bytes came from. The copy is
+    reused unless the server's file is now another version: `version` is what the server has
+    (probe_url's answer, e.g. from when the download stage planned); without it one HEAD asks.
+    A copy fetched before `refetch_before` (a time.time(): when a --force run began) is fetched
+    again.
+
+    The body streams into '<name>.part' (with its own sidecar), renamed into place once
+    complete. An existing .part is resumed with a Range request carrying If-Range (its ETag,
+    else its Last-Modified date), so a server whose file changed since answers 200 with the
+    whole new file, and the .part is rewritten rather than spliced with the new file's tail; a
+    206 whose validators or total size are not the .part's is refused the same way.
+    Errors are one-line SourceErrors naming the URL ('HTTP 404 Not Found for URL', an
+    interrupted or short transfer). `progress(done, total)` is called as chunks arrive (total
+    None when the server does not say).
     """
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in ("http", "https"):
-        raise SourceError(f"not an http(s) URL: {url}")
+    _check_scheme(url)
     cache_dir = Path(cache_dir)
     final = cache_dir / _cache_name(url)
-    if final.is_file():
-        return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    part = final.with_name(final.name + ".part")
-    with _locked(final.with_name(final.name + ".lock")):
-        if final.is_file():  # another worker finished it while we waited
+    cached = _usable(_read_meta(final), refetch_before) if final.is_file() else None
+    if cached is not None:
+        if version is None:
+            version = probe_url(url, timeout=timeout)
+        if not cached.version.differs_from(version):
             return final
-        _download(url, part, progress, timeout)
-        os.replace(part, final)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(final.with_name(final.name + ".lock")):
+        cached = _usable(_read_meta(final), refetch_before) if final.is_file() else None
+        # another worker may have fetched it while we waited (version None: we had no copy, so
+        # this one is seconds old)
+        if cached is not None and (version is None or not cached.version.differs_from(version)):
+            return final
+        _forget(final)  # an outdated copy goes before the new one is fetched: no one reads it as current
+        _download(url, final, version, refetch_before, progress, timeout)
     return final
 
 
-def _download(url: str, part: Path, progress, timeout: float) -> None:
-    offset = part.stat().st_size if part.is_file() else 0
+def _resumable(part: Path, version: UrlVersion | None, refetch_before: float | None) -> _Fetched | None:
+    """The record of a .part worth resuming, or None: start again from the first byte."""
+    if not part.is_file() or part.stat().st_size == 0:
+        return None
+    record = _usable(_read_meta(part), refetch_before)
+    if record is None:
+        return None
+    if version is not None and record.version.differs_from(version):
+        return None  # the server's file changed since the .part began: no need to ask
+    if record.version.if_range() is None and record.version.size is None:
+        return None  # nothing to tell a range of this version from a range of another
+    return record
+
+
+def _download(
+    url: str,
+    final: Path,
+    version: UrlVersion | None,
+    refetch_before: float | None,
+    progress,
+    timeout: float,
+) -> None:
+    part = final.with_name(final.name + ".part")
+    record = _resumable(part, version, refetch_before)
     while True:
+        offset = part.stat().st_size if record is not None else 0
+        headers = {}
+        if record is not None:
+            headers["Range"] = f"bytes={offset}-"
+            validator = record.version.if_range()
+            if validator is not None:
+                # without a validator the resumed range is checked by the total size alone
+                headers["If-Range"] = validator
+        requested_at = time.time()
         try:
-            response = _open(url, offset, timeout)
+            response = _open(url, headers, timeout)
         except urllib.error.HTTPError as exc:
-            if exc.code == 416 and offset:
-                whole = exc.headers.get("Content-Range", "") == f"bytes */{offset}"
-                exc.close()
-                if whole:  # the .part is already complete (stopped before its rename)
+            exc.close()
+            if exc.code == 416 and record is not None:
+                answered = UrlVersion.from_response(416, exc.headers)
+                if answered.size == offset and not record.version.differs_from(answered):
+                    # the .part is already whole (stopped before its rename)
                     if progress is not None:
                         progress(offset, offset)
+                    _finish(part, final)
                     return
-                offset = 0  # the .part does not fit what the server has now: start again
+                record = None  # the .part does not fit what the server has now: start again
                 continue
             raise _http_error(url, exc) from exc
-        except urllib.error.URLError as exc:
-            raise SourceError(f"cannot download {url}: {_one_line(exc.reason)}") from exc
-        except TimeoutError as exc:
-            raise SourceError(f"cannot download {url}: no answer within {timeout:g}s") from exc
-        except OSError as exc:
-            raise SourceError(f"cannot download {url}: {_one_line(exc)}") from exc
-        if offset and response.status == 206:
+        answered = UrlVersion.from_response(response.status, response.headers)
+        if record is not None and response.status == 206:
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-            if not (match and int(match.group(1)) == offset):  # not the range we asked for
+            if not (match and int(match.group(1)) == offset) or record.version.differs_from(answered):
+                # not the range asked for, or a range of another version of the file (a server
+                # that ignores If-Range, or one without validators whose size changed)
                 response.close()
-                offset = 0
+                record = None
                 continue
         break
     with response:
-        resumed = bool(offset) and response.status == 206  # else: a 200, the whole body again
-        done = offset if resumed else 0
-        _stream(
-            url,
-            response,
-            part,
-            "ab" if resumed else "wb",
-            done,
-            _total_size(response),
-            progress,
-            timeout,
-        )
+        if record is not None and response.status == 206:
+            done, mode = offset, "ab"
+            total = record.version.size if record.version.size is not None else answered.size
+        else:  # a 200: the whole file, maybe a newer version than `version` (changed since
+            # that HEAD): recorded as the version it is, so the next run's HEAD finds the copy current
+            if version is not None and answered.size is None and not answered.differs_from(version):
+                answered = UrlVersion(answered.etag, answered.last_modified, version.size)
+            record = _Fetched(answered, requested_at)
+            # the old bytes go before the record of the new version is written: a crash in
+            # between must never leave old bytes under a new version's record
+            _forget(part)
+            _write_meta(part, url, record)
+            done, mode, total = 0, "wb", record.version.size
+        _stream(url, response, part, mode, done, total, progress, timeout)
+    _finish(part, final)
 
 
-def _total_size(response) -> int | None:
-    match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-    if match and match.group(3) != "*":
-        return int(match.group(3))
-    length = response.headers.get("Content-Length")
-    if response.status == 200 and length and length.isdigit():
-        return int(length)
-    return None
+def _finish(part: Path, final: Path) -> None:
+    """The whole .part becomes the cached file; its record moves after it (a crash in between
+    leaves a file without a record, which is fetched again, never a record for other bytes)."""
+    os.replace(part, final)
+    os.replace(_meta_path(part), _meta_path(final))
 
 
 def _stream(
@@ -554,7 +751,11 @@ def _stream(
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
-    if total is not None and done != total:
+    if total is not None and done < total:
         raise SourceError(
             f"download of {url} was interrupted at {done} of {total} bytes ({resumable})"
         )
+    if total is not None and done > total:
+        _forget(part)  # more bytes than the file has: they cannot be trusted, nor resumed
+        raise SourceError(f"download of {url}: size mismatch: received {done} bytes, the server "
+                          f"announced {total}")
