@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["normalize", "filter", "dedup", "pack", "scaling", "train", "generate"]
+BENCHES = ["html", "normalize", "filter", "dedup", "pack", "scaling", "train", "generate"]
 
 
 def main(argv: list[str]) -> int:

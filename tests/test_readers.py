@@ -936,9 +936,9 @@ def test_warc_html_responses_become_plain_text_with_their_url(tmp_path):
     records = list(iter_file(path))
     assert [type(r) for r in records] == [Record, Record]
     page, chinese = records
-    # hidden elements gone, one line per block, menu links apart, entities decoded; menus and
-    # footers stay for the filter's line cleaning to judge
-    assert page.text == "Home News\nBig news\nThe first paragraph, with bold text.\nSecond one & more.\nCookie policy"
+    # the main text only (menu, footer, head, script and style gone), a blank line between
+    # blocks, entities decoded (nbsp stays a no-break space, for normalize to judge)
+    assert page.text == "Big news\n\nThe first paragraph, with bold text.\n\nSecond\u00a0one & more."
     assert page.meta["url"] == "https://example.com/a" and page.meta["title"] == "A page"
     assert chinese.text == "中文网页" and chinese.position == 3  # the ordinal among responses
 

@@ -43,13 +43,13 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from html.parser import HTMLParser
 from itertools import chain, islice
 from pathlib import Path
 from typing import IO, Any
 
 import zstandard
 
+from nonllama.pipeline.html import extract_main_text
 from nonllama.pipeline.records import BadRecord, Record, SourceError
 
 # Text formats: each may also be compressed with any of _COMPRESSIONS (`.jsonl.zst`).
@@ -1427,83 +1427,7 @@ def _read_wiki(path: Path, compression: str | None, shown: str) -> Iterator[Reco
 
 # ------------------------------------------------------------------------------------- WARC
 
-# Elements whose text a reader never sees; elements that start a new line of text.
-_HTML_HIDDEN = frozenset({"script", "style", "noscript", "template", "svg", "head", "iframe", "object"})
-_HTML_BLOCKS = frozenset({
-    "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "fieldset",
-    "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr",
-    "li", "main", "nav", "ol", "p", "pre", "section", "table", "td", "th", "tr", "ul", "option",
-    "button", "label", "summary", "details", "caption",
-})
-# inline elements that sit next to each other without spaces in the markup (links of a menu)
-_HTML_WORD_BREAKS = frozenset({"a", "img", "input", "select", "textarea", "span"})
-_HTML_SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
 _CHARSET = re.compile(rb"charset=[\"']?([A-Za-z0-9._-]+)", re.IGNORECASE)
-
-
-class _HtmlText(HTMLParser):
-    """The visible text of an HTML page, one line per block element.
-
-    Deliberately plain: menus, cookie banners and footers stay in as lines of their own, the
-    way a simple extractor (or Common Crawl's WET files) gives them, so that the filter's line
-    cleaning and dedup's paragraph rules are what remove them, with counts.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.lines: list[str] = []
-        self.current: list[str] = []
-        self.hidden = 0
-        self.title: list[str] = []
-        self.in_title = False
-
-    def _break(self) -> None:
-        line = _HTML_SPACES.sub(" ", "".join(self.current)).strip()
-        if line:
-            self.lines.append(line)
-        self.current = []
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        if tag == "title":
-            self.in_title = True
-        if tag in _HTML_HIDDEN:
-            self.hidden += 1
-        elif tag in _HTML_BLOCKS:
-            self._break()
-        elif tag in _HTML_WORD_BREAKS:
-            self.current.append(" ")
-
-    def handle_startendtag(self, tag: str, attrs: list) -> None:
-        if tag in _HTML_BLOCKS:
-            self._break()
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self.in_title = False
-        if tag in _HTML_HIDDEN:
-            self.hidden = max(0, self.hidden - 1)
-        elif tag in _HTML_BLOCKS:
-            self._break()
-        elif tag in _HTML_WORD_BREAKS:
-            self.current.append(" ")
-
-    def handle_data(self, data: str) -> None:
-        if self.in_title:
-            self.title.append(data)
-        elif not self.hidden:
-            self.current.append(data.replace("\n", " "))
-
-    def text(self) -> str:
-        self._break()
-        return "\n".join(self.lines)
-
-
-def html_to_text(html: str) -> tuple[str, str]:
-    """(visible text, title) of an HTML document."""
-    parser = _HtmlText()
-    parser.feed(html)
-    parser.close()
-    return parser.text(), _HTML_SPACES.sub(" ", "".join(parser.title)).strip()
 
 
 def _decode_html(body: bytes, content_type: str) -> str | None:
@@ -1592,22 +1516,31 @@ def _warc_document(record: Any, ordinal: int, shown: str) -> Record | BadRecord 
         or "html" not in content_type.lower()
     ):
         return None
-    url = record.rec_headers.get_header("WARC-Target-URI") or ""
+    url = (record.rec_headers.get_header("WARC-Target-URI") or "").strip("<>")
     html = _decode_html(record.content_stream().read(), content_type)
     if html is None:
         return BadRecord(shown, None, f"{_UNDECODABLE}: {url}", url)
-    text, title = html_to_text(html)
-    meta = {"url": url.strip("<>"), "title": title,
-            "warc_date": record.rec_headers.get_header("WARC-Date")}
+    try:
+        text, title = extract_main_text(html)
+    except Exception as exc:  # a parser failure costs this page, not the rest of the file
+        reason = f"HTML extraction failed: {url}: {type(exc).__name__}: {exc}"
+        return BadRecord(shown, None, reason, _clip(html))
+    if not text:
+        # Only menus, scripts or markup: quarantined and counted, where an empty document
+        # would pass silently until normalize dropped it without the page's URL.
+        return BadRecord(shown, None, f"no main text in the page: {url}", _clip(html))
+    meta = {"url": url, "title": title, "warc_date": record.rec_headers.get_header("WARC-Date")}
     return Record(text, ordinal, meta)
 
 
 def _read_warc(path: Path, shown: str) -> Iterator[Record | BadRecord]:
-    """The HTML responses of a WARC file (as web crawlers write them) as plain text.
+    """The HTML responses of a WARC file (as web crawlers write them) as their main text.
 
-    Position is the ordinal of the response record; responses that are not successful HTML
-    pages (images, redirects, errors) are skipped and take their ordinal with them. The URL,
-    title and crawl date go to `meta`. Every record, skipped ones too, is checked to be
+    Each page's main text is what `nonllama.pipeline.html.extract_main_text` keeps (menus,
+    footers and other boilerplate dropped); a page with none, or one the extractor fails on,
+    is a BadRecord naming its URL. Position is the ordinal of the response record; responses
+    that are not successful HTML pages (images, redirects, errors) are skipped and take their
+    ordinal with them. The URL, title and crawl date go to `meta`. Every record, skipped ones too, is checked to be
     whole before anything of it is yielded, and the file to hold nothing but whole records,
     so a truncated file ends in one BadRecord.
     """
