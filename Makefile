@@ -75,19 +75,31 @@ TRAIN_ARGS     := --workdir $(WORK) --name $(RUN) --preset $(PRESET) --max-steps
                   --seq-len $(SEQ_LEN) --batch-size $(BATCH_SIZE) --grad-accum $(GRAD_ACCUM) \
                   --lr $(LR) --min-lr $(MIN_LR) --warmup $(WARMUP) --nproc $(NPROC) $(TRAIN_OPTS)
 
-.PHONY: all setup download normalize filter dedup train-tokenizer pack train generate report test bench lint clean
+.PHONY: all setup dev download normalize filter dedup train-tokenizer pack train generate report test bench lint clean
 
 all: generate
 	@echo "funnel done: see $(WORK)/ (and \`make report\`)"
 
 # Install once into a virtual environment: the CPU build of torch first (a bare `torch`
-# requirement would pull a multi-GB CUDA build), then the package with its dev extra.
-setup: $(VENV)/.installed
+# requirement would pull a multi-GB CUDA build), then the package with what the funnel needs
+# (Ray too when EXECUTOR=ray). The test suite's extra (transformers, Ray, gguf...) is
+# installed by `make test` and `make lint` only: `make all` on a fresh clone does not wait for it.
+setup: $(VENV)/.installed $(if $(filter ray,$(EXECUTOR)),$(VENV)/.installed-ray)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PY_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-ray: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[ray]'
+	touch $@
+
+dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -122,14 +134,14 @@ generate: train
 report: $(SETUP)
 	$(NONLLAMA) report --workdir $(WORK) -o $(WORK)/report.html
 
-test: setup
+test: dev
 	$(PY) -m pytest -q
 
 bench: setup
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench.run
 
-lint: setup
+lint: dev
 	$(PY) -m ruff check nonllama tests bench
 
 clean:

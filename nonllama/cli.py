@@ -6,6 +6,7 @@ import dataclasses
 import errno
 import functools
 import os
+import shutil
 import sys
 import tomllib
 import types
@@ -26,8 +27,16 @@ from nonllama.pipeline.executors import Executor
 from nonllama.pipeline.io import StageError, StageRun
 from nonllama.pipeline.records import SourceError
 
+# Typer's rich help lays options out in four columns that a terminal under ~100 columns squeezes
+# until names and defaults are cut ("<workdir>/packe…"); click's plain layout wraps the help
+# text under one name column instead. Help texts escape "[" for rich markup ("\\["): plain help
+# shows them unescaped (_plain_help).
+RICH_HELP_COLUMNS = 100
+RICH_HELP = shutil.get_terminal_size((80, 24)).columns >= RICH_HELP_COLUMNS
+
 app = typer.Typer(
     name="nonllama",
+    rich_markup_mode="rich" if RICH_HELP else None,
     help="From raw text to a small Llama-style model: "
     "download -> normalize -> filter -> dedup -> train-tokenizer -> pack -> train -> generate.",
     no_args_is_help=True,
@@ -390,7 +399,21 @@ def _register_commands() -> None:
     for module in sorted(pkgutil.iter_modules(nonllama.commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"nonllama.commands.{module.name}")
     for command in app.registered_commands:  # one error handler for every command
+        if not RICH_HELP:
+            _plain_help(command.callback)
         command.callback = report_errors(command.callback)
+
+
+def _plain_help(callback: Callable[..., Any]) -> None:
+    """Unescape "\\[" in the help of a command's options and arguments, for click's plain help."""
+    # the annotations are strings (PEP 563) that every evaluation turns into new objects: keep
+    # the evaluated ones, edited, for Typer to read
+    hints = typing.get_type_hints(callback, include_extras=True)
+    for hint in hints.values():
+        for info in getattr(hint, "__metadata__", ()):
+            if isinstance(getattr(info, "help", None), str):
+                info.help = info.help.replace("\\[", "[")
+    callback.__annotations__.update(hints)
 
 
 _register_commands()

@@ -5,6 +5,9 @@ in one line naming it; the help shows the dataclass's defaults."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -205,3 +208,41 @@ def test_help_shows_the_dataclass_defaults(cli, monkeypatch, command, option, de
     monkeypatch.setenv("COLUMNS", "300")  # one option a line
     lines = [line for line in cli(command, "--help").stdout.splitlines() if f" {option} " in line]
     assert lines and default in lines[0], lines
+
+
+# Every command's --help, rendered in a fresh process (the layout is chosen at import, from the
+# terminal's width): in 80 columns click's plain layout, in 120 Typer's rich panels; in both
+# nothing is cut short ("…"), no rich escape ("\[") shows, and no line is wider than the terminal.
+HELP_SCRIPT = """
+import sys
+from typer.testing import CliRunner
+from nonllama.cli import app
+runner = CliRunner()
+for command in sys.argv[1:]:
+    result = runner.invoke(app, [command, "--help"])
+    print(f"=== {command} exit {result.exit_code}")
+    print(result.output)
+"""
+ALL_COMMANDS = ["download", "normalize", "filter", "dedup", "train-tokenizer", "pack", "train", "generate",
+                "report", "export"]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_help_is_whole_and_fits_the_terminal(columns: int) -> None:
+    env = {**os.environ, "COLUMNS": str(columns), "TERMINAL_WIDTH": str(columns)}
+    done = subprocess.run([sys.executable, "-c", HELP_SCRIPT, *ALL_COMMANDS], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sections = done.stdout.split("=== ")[1:]
+    assert [s.split(" ", 1)[0] for s in sections] == ALL_COMMANDS
+    for section in sections:
+        name, output = section.split("\n", 1)
+        assert name.endswith("exit 0"), section[:500]
+        assert "--help" in output and "Usage" in output
+        assert "…" not in output, f"{name}: something cut short\n{output}"
+        assert "\\[" not in output, f"{name}: a rich escape shows\n{output}"
+        wide = [line for line in output.splitlines() if len(line) > columns]
+        assert not wide, f"{name}: lines wider than {columns} columns: {wide[:3]}"
+        assert ("╭" in output) == (columns >= 100), f"{name}: layout for {columns} columns"
+    # the stage defaults are shown whole (they were cut to "<workdir>/packe…" in 80 columns)
+    assert "<workdir>/packed" in done.stdout

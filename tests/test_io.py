@@ -116,16 +116,21 @@ def test_two_workers_give_the_same_bytes_as_one(tmp_path):
 
 
 def test_crash_leaves_nothing_a_later_stage_would_read_and_rerun_completes(tmp_path):
-    make_input_stage(tmp_path / "in", [["fine text here"], ["BOOM goes the part"], ["last one"]])
+    # part 1's first batch (batch_rows=2) is written before its second one crashes
+    make_input_stage(tmp_path / "in", [["fine text here"], ["kept text", "more text", "BOOM goes the part"], ["last one"]])
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tmp_path, transform=explode_on_boom)
     out = tmp_path / "out"
     assert not (out / MANIFEST_NAME).exists()
-    assert not any(p.name.startswith(".") for p in out.rglob("*.parquet")), "temporary part left behind"
+    # a part is written under a temporary sibling name (".part-00001.parquet.tmp-PID") and renamed
+    # when whole: the crashed part must leave neither that file nor its final name behind
+    leftovers = [p.name for p in out.rglob("*") if ".tmp-" in p.name]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+    assert not (out / part_name(1)).exists(), "the part that crashed was published"
     with pytest.raises(StageError, match="has not finished"):
         require_finished(out, "normalize")
     result = run(tmp_path)
-    assert result.manifest["rows_in"] == 3 and (out / MANIFEST_NAME).exists()
+    assert result.manifest["rows_in"] == 5 and (out / MANIFEST_NAME).exists()
 
 
 def test_missing_input_names_the_stage_to_run(tmp_path):
