@@ -26,7 +26,7 @@ ALL_OFF = {
     "whitespace": False,
     "punctuation": False,
     "quotes_dashes": False,
-    "drop_long_lines": False,
+    "split_long_lines": False,
     "drop_symbol_lines": False,
 }
 
@@ -318,15 +318,33 @@ def test_symbol_lines_dropped():
     assert norm("中文段落。\n＊＊＊\n第二段。") == "中文段落。\n\n第二段。"
 
 
-def test_long_lines_dropped():
+def test_long_lines_are_split_never_dropped():
+    # the issue: a line over the limit used to be emptied, and a one-line document with it
     text = "short\n" + "x" * 11 + "\n" + "中" * 10 + "\nok"
-    assert norm(text, max_line_chars=10) == "short\n\n" + "中" * 10 + "\nok"
-    assert norm("y" * 30_000) == ""
+    assert norm(text, max_line_chars=10) == "short\nxxxxxxxxxx\nx\n" + "中" * 10 + "\nok"
+    out = norm("y" * 30_000)
+    assert out.replace("\n", "") == "y" * 30_000
+    assert max(map(len, out.split("\n"))) <= 20_000
+
+
+def test_long_lines_are_split_at_sentence_ends_first():
+    text = " ".join(f"Sentence number {i} ends here." for i in range(40))
+    out = norm(text, max_line_chars=100)
+    assert out.replace("\n", " ") == text
+    lines = out.split("\n")
+    assert 12 <= len(lines) <= 20 and all(len(line) <= 100 and line.endswith(".") for line in lines)
+    # no sentence end in reach: clauses, then spaces
+    assert norm("一二三，四五六，七八九", max_line_chars=8) == "一二三，四五六，\n七八九"
+    out = norm("alpha beta gamma delta epsilon", max_line_chars=12)
+    assert out.split() == ["alpha", "beta", "gamma", "delta", "epsilon"]  # no word cut
+    assert out.count("\n") >= 2 and max(map(len, out.split("\n"))) <= 12
+    # no space either: a hard cut, as a last resort
+    assert norm("abcdefghij", max_line_chars=4).split("\n") == ["abcd", "efgh", "ij"]
 
 
 def test_line_drops_off():
     text = "a\n*****\n" + "x" * 11
-    assert norm(text, drop_symbol_lines=False, drop_long_lines=False, max_line_chars=10) == text
+    assert norm(text, drop_symbol_lines=False, split_long_lines=False, max_line_chars=10) == text
 
 
 # --------------------------------------------------------------------------- idempotence

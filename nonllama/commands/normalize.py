@@ -38,7 +38,10 @@ def normalize(
     force: ForceOpt = False,
     verify_input: VerifyInputOpt = False,
 ) -> None:
-    """Repair mojibake, NFKC, strip invisible characters, unify whitespace and punctuation."""
+    """Repair mojibake, NFKC, strip invisible characters, unify whitespace and punctuation.
+
+    Code blocks are left as they are, Markdown keeps its structure, overlong lines are split.
+    """
     from nonllama.pipeline.normalize import run_normalize
 
     config = resolve_config(NormalizeConfig, "normalize", config_file, {})

@@ -2,25 +2,45 @@ r"""Text rules of the `normalize` stage: the clean-up pretraining pipelines appl
 
 `normalize_texts(batch, config)` takes a batch of documents (a polars Utf8 Series, nulls read as
 '') and returns the normalized batch: same length, order and name. A document that comes out as ''
-is dropped by the stage wrapper (counted as `empty_after_normalize`). Everything is vectorized:
-polars string expressions (Rust `regex` crate: Unicode classes work, lookaround does not) over the
-whole batch. Python runs per string only for ftfy, and only on the documents that a vectorized
-pre-check flags as possible mojibake.
+is dropped by the stage wrapper (counted as `empty_after_normalize`); only a document without a
+letter, digit or CJK character can come out empty. Everything is vectorized: polars string
+expressions (Rust `regex` crate: Unicode classes work, lookaround does not) over a table of the
+batch's lines (document, text, what the line is). Python runs per string only for ftfy, and only
+on the lines that a vectorized pre-check flags as possible mojibake.
+
+Where a line is (`_classify_lines`, from the raw lines, with cumulative sums and windows per
+document):
+
+- Code: the lines of a fenced code block (``` or ~~~, fences included; an unclosed fence runs to
+  the end of the document) and of an indented code block (4 spaces or a tab, after a blank line).
+  Code is left exactly as it is by every rule below: indentation, runs of spaces, tabs, blank
+  lines, symbol-only lines (`}`, the closing fence), invisible and full-width characters. No
+  normal form (neither NFC nor NFKC) is applied to it. The one change: with `whitespace` on,
+  `\r\n` and `\r` become `\n`, since that is what defines the lines.
+- Markdown structure: list items (and the indented lines continuing them), headings, block
+  quotes and table rows keep their leading indentation (nesting is content); the rules apply
+  to the rest of the line. Table rows also keep the spaces that align their cells, and table
+  rows (`|---|:--:|` included) and block quote lines (`>`) are never dropped as symbol lines.
+  A table is a run of lines with `|` that has a delimiter row and at least two lines, so a
+  lone `|---|` separator in prose is still dropped.
+- Everything else is prose, and all the rules apply to it.
 
 Rules, in the order they run
 ----------------------------
 
 | step | config field          | in one line                                                       |
 |------|-----------------------|-------------------------------------------------------------------|
-| 1    | `fix_mojibake`        | ftfy encoding repair, on flagged documents only                   |
+| 1    | `fix_mojibake`        | ftfy encoding repair, on flagged lines only                       |
 | 2    | `whitespace` (part 1) | line breaks -> `\n`, tab and Unicode spaces -> ' '                |
 | 3    | `remove_invisible`    | control chars, ANSI escapes, format chars (ZW*, BOM...), private use |
 | 4    | `nfkc`                | NFKC for width/presentation forms only (ＡＢＣ１２３ -> ABC123), NFC |
 | 5    | `quotes_dashes`       | curly quotes / `…` to ASCII except in Chinese; one dash convention |
 | 6    | `punctuation`         | `，。！？：；（）` full-width in Chinese context, ASCII otherwise  |
-| 7    | `drop_long_lines`     | lines over `max_line_chars` characters are emptied                 |
+| 7    | `split_long_lines`    | lines over `max_line_chars` characters are split, at sentence ends |
 | 7    | `drop_symbol_lines`   | lines of only symbols/punctuation (`*****`, `|---|`) are emptied   |
 | 8    | `whitespace` (part 2) | strip lines, collapse spaces, at most one blank line, strip doc    |
+
+(All on prose lines only; code lines skip every step.)
 
 Why this order: the encoding must be repaired before anything looks at characters (mojibake of
 `中` contains a soft hyphen that step 3 would delete); line breaks and spaces are unified before
@@ -33,16 +53,18 @@ drops look at the final line, and whitespace cleanup runs last to tidy what the 
 Context. A *CJK line* is a line (a paragraph) containing a Han character, kana or bopomofo
 (`\p{Han}\p{Hiragana}\p{Katakana}\p{Bopomofo}`). Hangul does not count: Korean is written
 with ASCII punctuation. In a line without CJK there is nothing Chinese to protect and everything
-takes the ASCII convention. In a CJK line, each mark is decided by its direct neighbours, and
-full-width marks are never turned into ASCII there (`我用的是iPhone。` and `Windows，Linux和Mac`
-are Chinese sentences).
+takes the ASCII convention. In a CJK line, each mark is decided by its neighbours: the character
+directly before it, and the script majority of the two clauses it joins (an English sentence
+that names `北京` keeps its ASCII comma); full-width marks are never turned into ASCII there
+(`我用的是iPhone。` and `Windows，Linux和Mac` are Chinese sentences).
 
 1. `fix_mojibake`. `ftfy.fix_text` with only the encoding fixers on: `fix_encoding`,
    `restore_byte_a0`, `replace_lossy_sequences`, `decode_inconsistent_utf8`, `fix_c1_controls`.
    Off: HTML unescaping, terminal escapes, `normalization` (None: no NFC/NFKC), quote uncurling,
    width and ligature fixes, line breaks, control characters: the other rules own those. Applied
-   only to documents containing a C1 control (U+0080-U+009F) or a UTF-8 lead byte read as
-   Latin-1/cp1252 (`Â`..`ô`) directly followed by a continuation byte read the same way
+   line by line (as ftfy itself works), only to lines containing a C1 control (U+0080-U+009F)
+   or a UTF-8 lead byte read as Latin-1/cp1252 (`Â`..`ô`) directly followed by a continuation
+   byte read the same way
    (U+0080-U+00BF or a cp1252 symbol `€ ‚ ƒ „ … † ‡ ˆ ‰ Š ‹ Œ Ž ‘ ’ “ ” • – — ˜ ™ š › œ ž Ÿ`, or
    U+FFFD). That flags `donâ€™t`, `Ã©tÃ©` and Chinese read as cp1252 or Latin-1 (`ä¸\xadæ–‡`,
    `ä¸\xadæ\x96\x87` for `中文`). ftfy itself decides whether a flagged text is mojibake, so
@@ -101,20 +123,29 @@ are Chinese sentences).
    or quote follows (`好!!!`, `网址:/x`, `中国;-1` stay); an ASCII `.` there becomes `。` only
    when neither printable ASCII nor Han follows (`中国.` at the end, before a space or a quote;
    `中国.com`, `查尔斯.布里奇曼` stay: between Han a dot is as often a name separator), and not
-   after a leading Chinese-numeral list number (`一. 总则`). Spaces right after a mark converted
-   here are removed (`中国, 美国` -> `中国，美国`). Decimal points (`3.5`), thousands separators
+   after a leading Chinese-numeral list number (`一. 总则`). And only when the mark is not in
+   English: the two clauses around it (back to the previous clause mark, on to the next) are
+   English when they hold Latin words and `2 * words >= CJK characters`; then the mark and its
+   spaces stay (`The city of 北京, the capital`, `We stayed in 成都. The pandas`), while
+   `我用 iPhone 拍照, 效果很好.` is Chinese (`_take_back_marks_in_english`). Spaces right after a
+   mark converted here are removed (`中国, 美国` -> `中国，美国`). Decimal points (`3.5`), thousands separators
    (`1,000`), times (`10:30`), URLs and `e.g.` are never touched: they follow a digit or a Latin
    letter. Nothing else changes: `、「」《》【】·` and ASCII quotes stay as they are.
 
-7. `drop_long_lines`: lines longer than `max_line_chars` characters are emptied.
+7. `split_long_lines`: a line longer than `max_line_chars` characters is split into lines of at
+   most that many, never dropped: at sentence ends (`。！？；`, or `.!?;` before a space) if it
+   can, else at clause marks (`，、：`, or `,:` before a space), else at spaces, and as a last
+   resort anywhere (`_split_long_lines`). A one-line Chinese paragraph of 30,000 characters
+   becomes two or three lines that end in `。`. (Code lines are not split.)
    `drop_symbol_lines`: lines made only of punctuation, symbols, marks and spaces, with at least
    one punctuation or symbol (`*****`, `------`, `|---|---|`, `•••`, `＊＊＊`, `……`, emoji-only
    lines), are emptied; a line with any letter, digit or CJK character stays. An emptied line
    remains as an empty line, so a separator between two paragraphs becomes a paragraph break.
 
 8. `whitespace`, part 2. Per line: strip leading and trailing spaces (this removes the `　　`
-   paragraph indent of Chinese text, and code indentation too: this stage is for prose), collapse
-   runs of spaces into one. Per document: 3 or more newlines -> one blank line (`\n\n`), strip.
+   paragraph indent of Chinese text; the indent of Markdown structure is put back, and code is
+   not touched), collapse runs of spaces into one (not in table rows). Per document: at most one
+   blank line in a row outside code, no blank line at the start or the end.
 
 The rules together are idempotent: normalize(normalize(x)) == normalize(x).
 
@@ -122,9 +153,9 @@ Downstream note: a SentencePiece tokenizer trained with its default `nmt_nfkc` n
 would turn the Chinese full-width punctuation kept here back into ASCII; train it with
 `normalization_rule_name="identity"` (this stage has done the normalization).
 
-Internally two noncharacters, U+FDE0 and U+FDE1, serve as temporary markers (Unicode reserves
-noncharacters for process-internal use); they are removed from the input first and never appear
-in the output.
+Internally three noncharacters, U+FDE0 to U+FDE2, serve as temporary markers (Unicode reserves
+noncharacters for process-internal use); they are removed from prose lines first and never appear
+in the output outside code.
 """
 
 from __future__ import annotations
@@ -154,7 +185,7 @@ class NormalizeConfig:
     whitespace: bool = True
     punctuation: bool = True
     quotes_dashes: bool = True
-    drop_long_lines: bool = True
+    split_long_lines: bool = True
     max_line_chars: int = 20000
     drop_symbol_lines: bool = True
 
@@ -361,8 +392,31 @@ _ZH_NUMERALS = "〇一二三四五六七八九十"
 _FW_PUNCT_HINT = "[\uff0c\u3002\uff01\uff1f\uff1a\uff1b\uff08\uff09]"
 _FW_SENTENCE = "[\uff0c\u3002\uff01\uff1f\uff1a\uff1b]"
 
-# --- 7. line drops
+# --- 7. long lines and symbol lines
 _SYMBOL_LINE = r"^[\p{P}\p{S}\p{M}\p{Z}\p{Cf}\s]*[\p{P}\p{S}][\p{P}\p{S}\p{M}\p{Z}\p{Cf}\s]*$"
+_CUT = "\ufde2"  # temporary: "an overlong line may be cut here"
+# Where an overlong line is cut, best first. The cut goes after the mark and any closing quote or
+# bracket that belongs to the sentence; an ASCII mark only counts when a space follows it, so
+# that `3.5`, `e.g.x` and URLs are never cut.
+_SENTENCE_ENDS = (
+    r"[\x{3002}\x{FF01}\x{FF1F}\x{FF1B}]+[\x{201D}\x{2019}\x{300D}\x{300F}\x{FF09}]*"
+    r"|[.!?;]+[\"')\]]*\s+"
+)
+_CLAUSE_ENDS = r"[\x{FF0C}\x{3001}\x{FF1A}]+|[,:]\s+"
+_SPACE_RUNS = r"\s+"
+
+# --- structure: which lines are code or Markdown structure (see `_classify_lines`)
+_FENCE = r"^ {0,3}(?:`{3,}[^`]*|~{3,}.*)$"  # a backtick fence's info string has no backtick
+_BLANK = r"^\s*$"
+_INDENTED = r"^(?: {0,3}\t| {4})"
+_LIST_ITEM = r"^[ \t]*(?:[-*+\x{2022}]|[0-9]{1,9}[.)])[ \t]+\S"
+_HEADING = r"^ {0,3}#{1,6}(?:[ \t]|$)"
+_BLOCK_QUOTE = r"^ {0,3}>"
+_TABLE_DELIMITER = r"^[ \t]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$"
+_LEADING_INDENT = r"^[ \t]*"
+
+# --- 6. clause majority (see `_take_back_marks_in_english`)
+_CLAUSE_BOUNDARY = ",.!?;:\uff0c\u3002\uff01\uff1f\uff1b\uff1a\u3001"
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,8 +537,52 @@ def _punct_cjk(s: pl.Series) -> pl.Series:
     s = _re(s, rf"{_MARK_A}\.([!-~{_HAN}])", ".${1}")
     s = _re(s, rf"{_MARK_A}([,!?:;])([{_ASCII_PUNCT}])", "${1}${2}")
     s = _re(s, rf"^([ ]*[{_ZH_NUMERALS}]{{1,3}}){_MARK_A}\.", "${1}.")  # 一.总则
+    s = _on_rows(s, s.str.contains(_MARK_A, literal=True), _take_back_marks_in_english)
     s = _re(s, rf"({_MARK_A}[,.!?:;]) +", "${1}")
     return s.str.replace_many(_ASCII_TO_FW)
+
+
+def _take_back_marks_in_english(s: pl.Series) -> pl.Series:
+    """Unmark the tentatively marked ASCII marks that sit in English, not Chinese, text.
+
+    The direct left neighbour of a marked mark is CJK, but that alone does not make the mark
+    Chinese: in `The city of 北京, the capital` the comma belongs to an English sentence that
+    contains a Chinese name, and must keep its ASCII form and its space. So each mark is decided
+    by the script majority of the two clauses it joins (the text back to the previous clause mark
+    and on to the next one): English when the clauses hold Latin words and at least half as many
+    Latin words as CJK characters (a Chinese word is one or two characters, so `2 * words >=
+    cjk` is "about as many English words as Chinese words"). `我用 iPhone 拍照` (1 word, 4 CJK)
+    stays Chinese; `Welcome to 北京大学` (2 words, 4 CJK) is English. Vectorized: the lines are
+    cut at the markers and exploded, so each piece's tail and the next piece's head are the
+    clauses around one mark.
+    """
+    df = pl.DataFrame(
+        {"row": pl.int_range(len(s), eager=True), "piece": s.str.split(_MARK_A)}
+    ).explode("piece")
+    not_boundary = f"[^{_CLAUSE_BOUNDARY}]*"
+    left = pl.col("piece").str.extract(f"({not_boundary})$", 1)
+    # the next piece starts with the mark itself (the marker stands right before it)
+    right = pl.col("piece").shift(-1).over("row").str.slice(1).str.extract(f"^({not_boundary})", 1)
+
+    def count(pattern: str) -> pl.Expr:
+        return (
+            left.str.count_matches(pattern).fill_null(0)
+            + right.str.count_matches(pattern).fill_null(0)
+        )
+
+    words, cjk = count(r"\p{Latin}+"), count(f"[{_HAN}]")
+    english = (words > 0) & (2 * words >= cjk)
+    has_marker_after = pl.int_range(pl.len()).over("row") < pl.len().over("row") - 1
+    return (
+        df.with_columns(
+            piece=pl.when(has_marker_after & ~english)
+            .then(pl.col("piece") + _MARK_A)
+            .otherwise(pl.col("piece"))
+        )
+        .group_by("row", maintain_order=True)
+        .agg(pl.col("piece").str.join(""))["piece"]
+        .alias(s.name)
+    )
 
 
 def _by_line_kind(lines: pl.Series, do_quotes: bool, do_punct: bool) -> pl.Series:
@@ -508,62 +606,235 @@ def _by_line_kind(lines: pl.Series, do_quotes: bool, do_punct: bool) -> pl.Serie
     return out
 
 
-# --------------------------------------------------------------------------------------------
+def _split_long_lines(s: pl.Series, max_chars: int) -> pl.Series:
+    """Lines longer than `max_chars` get line breaks: the same text, in lines of at most
+    `max_chars` characters, cut at sentence ends if it can, else at clause marks, else at
+    spaces, and only as a last resort anywhere.
+
+    Vectorized: each line is cut into pieces, a boundary level at a time (only the pieces longer
+    than `half` go on to the next level; half, so that pieces pack well), exploded into a piece
+    table; pieces still longer than `max_chars` are cut every `max_chars` characters. Then the
+    pieces are packed into lines by their start offset: the pieces starting in the same window
+    of `max_chars + 1 - longest piece` characters form one line, so a line so made is at most
+    `max_chars` long. Packing by offset is not the greedy packing (which is sequential): lines
+    may come out shorter than they could be, never longer, and no text is lost.
+    """
+    half = (max_chars + 1) // 2
+    df = pl.DataFrame({"row": pl.int_range(len(s), eager=True), "piece": s})
+    for boundary in (_SENTENCE_ENDS, _CLAUSE_ENDS, _SPACE_RUNS):
+        too_long = pl.col("piece").str.len_chars() > half
+        df = (
+            df.with_columns(
+                piece=pl.when(too_long)
+                .then(pl.col("piece").str.replace_all(f"(?:{boundary})", "${0}" + _CUT))
+                .otherwise(pl.col("piece"))
+                .str.split(_CUT)
+            )
+            .explode("piece")
+            .filter(pl.col("piece") != "")
+        )
+    # the last resort: pieces longer than a line are cut every `max_chars` characters
+    length = pl.col("piece").str.len_chars()
+    df = (
+        df.with_columns(offset=pl.int_ranges(0, length, max_chars))
+        .explode("offset")
+        .with_columns(piece=pl.col("piece").str.slice(pl.col("offset"), max_chars))
+    )
+    length = pl.col("piece").str.len_chars()
+    start = length.cum_sum().over("row") - length
+    # the longest piece of the line sets its window: usually a sentence, far below `half`
+    window = max_chars + 1 - length.max().over("row")
+    lines = (
+        df.with_columns(chunk=start // window)
+        .group_by("row", "chunk", maintain_order=True)
+        .agg(pl.col("piece").str.join(""))
+        .group_by("row", maintain_order=True)
+        .agg(pl.col("piece").str.join("\n"))
+    )
+    return lines["piece"].alias(s.name)
+
+
+def _line_table(docs: pl.Series) -> pl.DataFrame:
+    """One row per line: `doc` (index in the batch) and `text`, in document and line order."""
+    return pl.DataFrame({"doc": pl.int_range(len(docs), eager=True), "text": docs.str.split("\n")}).explode("text")
+
+
+def _classify_lines(lines: pl.DataFrame) -> pl.DataFrame:
+    """Add what each line is, from the raw lines of the documents, with polars window expressions.
+
+    - `code`: a line of a fenced code block (``` or ~~~ fence lines and every line between an
+      opening and a closing fence: the lines after an odd number of fence lines, counted with a
+      cumulative sum per document; an unclosed fence runs to the end of the document, as in
+      CommonMark) or of an indented code block (a line indented by a tab or 4 spaces after a
+      blank line or at the start of the document, as in CommonMark, where an indented line
+      right after a paragraph line continues the paragraph). Code lines are left exactly as
+      they are by every rule: indentation, spaces, tabs, symbol-only lines (`}`, a closing
+      fence) and full-width characters are content there. Not modelled: a fence of the other
+      kind or a longer fence inside a block (```` inside ~~~) closes it here.
+    - `indent`: the leading spaces and tabs of a Markdown structure line (list item, heading,
+      block quote, table row, and an indented line continuing a list item), kept as they are;
+      '' for other lines (a paragraph's indent, e.g. the `　　` of Chinese text, is removed).
+    - `table`: a table row (`|---|:---:|` included). A table is a run of consecutive lines with
+      `|` that has a delimiter row and at least two lines. Its rows keep the runs of spaces that
+      align their cells.
+    - `keep_symbols`: a table row or a block quote line: not dropped as a symbol line.
+    """
+    text = pl.col("text")
+    # the window computations run only where a batch has lines of that kind: most prose has none
+    fence = lines["text"].str.contains(_FENCE)
+    if fence.any():
+        fences = pl.col("fence").cast(pl.Int32)
+        # inside a block: after an odd number of fence lines of the document
+        lines = lines.with_columns(fence=fence).with_columns(
+            fenced=pl.col("fence") | ((fences.cum_sum() - fences) % 2 == 1).over("doc")
+        )
+    else:
+        lines = lines.with_columns(fenced=pl.lit(False))
+    lines = lines.with_columns(list_item=text.str.contains(_LIST_ITEM))
+    indented = lines["text"].str.contains(_INDENTED) & ~lines["text"].str.contains(_BLANK) & ~lines["fenced"]
+    if indented.any():
+        lines = lines.with_columns(blank=text.str.contains(_BLANK), indented=indented)
+        # a segment: a non-blank line that is not indented (or is fenced), and the blank and
+        # indented lines after it
+        starts_segment = ~pl.col("blank") & ~pl.col("indented")
+        lines = lines.with_columns(segment=starts_segment.cast(pl.Int32).cum_sum().over("doc"))
+        after_blank = pl.col("blank").cast(pl.Int32).cum_sum().over("doc", "segment") > 0
+        in_list = pl.col("list_item").first().over("doc", "segment") & (pl.col("segment") > 0)
+        lines = lines.with_columns(
+            code=pl.col("fenced")
+            | (pl.col("indented") & (after_blank | (pl.col("segment") == 0)) & ~in_list),
+            list_continuation=pl.col("indented") & in_list,
+        )
+    else:
+        lines = lines.with_columns(code=pl.col("fenced"), list_continuation=pl.lit(False))
+    pipe = lines["text"].str.contains("|", literal=True) & ~lines["code"]
+    if pipe.any():
+        lines = lines.with_columns(pipe=pipe).with_columns(
+            run=(~pl.col("pipe")).cast(pl.Int32).cum_sum().over("doc")
+        )
+        table = (
+            pl.col("pipe")
+            & (pl.col("pipe") & text.str.contains(_TABLE_DELIMITER)).any().over("doc", "run")
+            & (pl.col("pipe").sum().over("doc", "run") >= 2)
+        )
+    else:
+        table = pl.lit(False)
+    quote = text.str.contains(_BLOCK_QUOTE) & ~pl.col("code")
+    structure = ~pl.col("code") & (
+        pl.col("list_item") | pl.col("list_continuation") | text.str.contains(_HEADING) | quote | table
+    )
+    return lines.select(
+        "doc",
+        "text",
+        "code",
+        indent=pl.when(structure).then(text.str.extract(f"({_LEADING_INDENT})", 1)).otherwise(pl.lit("")),
+        table=table,
+        keep_symbols=table | quote,
+    )
+
+
+def _explode_new_lines(lines: pl.DataFrame) -> pl.DataFrame:
+    """Rows whose text now holds '\n' become several rows. The lines after the first are
+    wrapped text, not structure: no indent, and symbol-only ones are dropped."""
+    lines = lines.with_row_index("_row").with_columns(pl.col("text").str.split("\n")).explode("text")
+    first = pl.col("_row").is_first_distinct()
+    return lines.with_columns(
+        indent=pl.when(first).then(pl.col("indent")).otherwise(pl.lit("")),
+        table=pl.col("table") & first,
+        keep_symbols=pl.col("keep_symbols") & first,
+    ).drop("_row")
+
+
+def _prose_rules(t: pl.Series, config: NormalizeConfig) -> pl.Series:
+    """Steps 3 to 6 on prose lines (no line breaks inside them)."""
+    if config.whitespace:
+        t = _re(t, _SPACES, " ")
+    if config.remove_invisible:
+        t = _remove_invisible(t)
+    if config.nfkc:
+        t = _nfkc(t)
+    if config.quotes_dashes:
+        t = _on_rows(t, t.str.contains(_DASH_HINT), _dashes)
+    if config.quotes_dashes or config.punctuation:
+        t = _by_line_kind(t, config.quotes_dashes, config.punctuation)
+    return t
 
 
 def normalize_texts(texts: pl.Series, config: NormalizeConfig) -> pl.Series:
     """Normalize a batch of documents (a Utf8 Series, nulls allowed -> '').
 
-    Vectorized: polars string expressions over the batch; Python per-string work only for ftfy,
-    and then only on the strings a vectorized pre-check flags as possible mojibake. Returns a
-    String Series of the same length, order and name; documents may come out as ''.
+    Vectorized: polars string expressions over a table of the batch's lines; Python per-string
+    work only for ftfy, and then only on the lines a vectorized pre-check flags as possible
+    mojibake. Code lines (see `_classify_lines`) come out byte for byte as they went in (their
+    line breaks unified to `\n` when `whitespace` is on). Returns a String Series of the same
+    length, order and name; documents may come out as '' (only when no letter, digit or
+    CJK character was in them).
     """
     name = texts.name
     s = texts.cast(pl.String).fill_null("")
     if len(s) == 0:
         return s
-    if config.fix_mojibake:
-        s = _fix_mojibake(s)
-    # our temporary markers must not come from the input
-    s = s.str.replace_all(r"[\x{FDE0}\x{FDE1}]", "")
     if config.whitespace:
-        s = _unify_breaks_and_spaces(s)
-    if config.remove_invisible:
-        s = _remove_invisible(s)
-    if config.nfkc:
-        s = _nfkc(s)
+        s = _re(s, r"\r\n?", "\n")
+    if config.remove_invisible:  # a BOM before a fence would hide it
+        s = s.str.replace(r"^\x{FEFF}+", "")
+    lines = _classify_lines(_line_table(s))
+    text, prose = pl.col("text"), ~pl.col("code")
 
-    line_rules = (
-        config.quotes_dashes
-        or config.punctuation
-        or config.drop_long_lines
-        or config.drop_symbol_lines
-        or config.whitespace
-    )
-    if line_rules:
-        df = pl.DataFrame(
-            {"doc": pl.int_range(len(s), eager=True), "line": s.str.split("\n")}
-        ).explode("line")
-        lines = df["line"]
-        if config.quotes_dashes:
-            lines = _on_rows(lines, lines.str.contains(_DASH_HINT), _dashes)
-        if config.quotes_dashes or config.punctuation:
-            lines = _by_line_kind(lines, config.quotes_dashes, config.punctuation)
-        if config.drop_long_lines:
-            too_long = lines.str.len_chars() > config.max_line_chars
-            lines = _on_rows(lines, too_long, lambda x: pl.Series(x.name, [""] * len(x)))
-        if config.drop_symbol_lines:
-            lines = _re(lines, _SYMBOL_LINE, "")
+    def on_prose(fn) -> None:
+        nonlocal lines
+        lines = lines.with_columns(text=_on_rows(lines["text"], ~lines["code"], fn))
+
+    if not lines["code"].all():
+        # structure lines: the indent is kept aside, the rules see the line's content
+        if (lines["indent"] != "").any():
+            lines = lines.with_columns(text=pl.col("text").str.slice(pl.col("indent").str.len_chars()))
+        on_prose(lambda t: t.str.replace_all(r"[\x{FDE0}-\x{FDE2}]", ""))  # our markers
+        if config.fix_mojibake:
+            on_prose(_fix_mojibake)
         if config.whitespace:
-            lines = _re(lines, " {2,}", " ").str.strip_chars(" ")
-        s = (
-            df.with_columns(line=lines)
-            .group_by("doc", maintain_order=True)
-            .agg(pl.col("line").str.join("\n"))["line"]
+            on_prose(lambda t: _re(t, _LINE_BREAKS, "\n"))
+            if lines["text"].str.contains("\n", literal=True).any():
+                lines = _explode_new_lines(lines)
+        on_prose(partial(_prose_rules, config=config))
+        if config.split_long_lines:
+            length = lines["indent"].str.len_chars() + lines["text"].str.len_chars()
+            too_long = (~lines["code"]) & (length > config.max_line_chars)
+            if too_long.any():
+                # the limit counts the whole line: a structure line's indent goes with its first
+                # piece (and is stripped there: an overlong list item loses its nesting)
+                overlong = pl.lit(too_long)
+                lines = lines.with_columns(
+                    text=pl.when(overlong).then(pl.col("indent") + pl.col("text")).otherwise(pl.col("text")),
+                    indent=pl.when(overlong).then(pl.lit("")).otherwise(pl.col("indent")),
+                )
+                lines = lines.with_columns(
+                    text=_on_rows(lines["text"], too_long, partial(_split_long_lines, max_chars=config.max_line_chars))
+                )
+                lines = _explode_new_lines(lines)
+        if config.drop_symbol_lines:
+            dropped = prose & ~pl.col("keep_symbols") & text.str.contains(_SYMBOL_LINE)
+            lines = lines.with_columns(text=pl.when(dropped).then(pl.lit("")).otherwise(text))
+        if config.whitespace:
+            # table rows keep the spaces that align their columns; elsewhere runs collapse
+            collapsed = pl.when(pl.col("table")).then(text).otherwise(text.str.replace_all(" {2,}", " "))
+            lines = lines.with_columns(text=pl.when(prose).then(collapsed.str.strip_chars(" ")).otherwise(text))
+        lines = lines.with_columns(
+            text=pl.when(prose & (text != "")).then(pl.col("indent") + text).otherwise(text)
         )
     if config.whitespace:
-        s = _re(s, r"\n{3,}", "\n\n").str.strip_chars()
-    return s.alias(name)
+        # at most one blank line in a row, none at the start or end; blank lines inside code
+        # blocks are code
+        blank = text.str.contains(_BLANK)
+        lines = lines.with_columns(blank=blank & ~pl.col("code"), content=~blank)
+        first = pl.col("content").arg_true().first().over("doc")
+        last = pl.col("content").arg_true().last().over("doc")
+        position = pl.int_range(pl.len()).over("doc")
+        repeated_blank = pl.col("blank") & pl.col("blank").shift(1).over("doc").fill_null(False)
+        keep = ~repeated_blank & (position >= first) & (position <= last)
+        lines = lines.with_columns(text=pl.when(keep).then(text))  # null: left out of the join
+    out = lines.group_by("doc", maintain_order=True).agg(pl.col("text").str.join("\n"))["text"]
+    return out.alias(name)
 
 
 # -------------------------------------------------------------------------------------- the stage
