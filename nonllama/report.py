@@ -230,6 +230,55 @@ def filter_section(workdir: Path) -> Section:
     return section
 
 
+def line_cleaning_section(workdir: Path, examples: int = 3) -> Section:
+    """What the filter's line cleaning cut from the documents it kept: per reason, the lines and
+    documents, and the lines it cut most often (from the `lines_cut` column of `filtered/`)."""
+    from nonllama.pipeline.filter import LINES_CUT_COLUMN
+
+    section = Section("Lines cut by line cleaning")
+    filtered = stages.directory(workdir, "filter")
+    if (m := _manifest_or_say(section, filtered, "filter")) is None:
+        return section
+    if not m.get("config", {}).get("c4_line_cleaning", True):
+        section.add(Text("Line cleaning was off (`c4_line_cleaning = false`)."))
+        return section
+    # an empty input part gives an output part with the input's columns: those have no cuts
+    parts = [p for p in list_parts(filtered) if LINES_CUT_COLUMN in pl.read_parquet_schema(p)]
+    if not parts and m["rows_out"]:
+        section.add(Text(f"{filtered} has no `{LINES_CUT_COLUMN}` column (written by an older nonllama): "
+                         "rerun `nonllama filter --force` to see the lines it cuts."))
+        return section
+    if not parts:
+        section.add(Text("filter kept no document."))
+        return section
+    # one row per cut line: the document (a row number over the parts), the line, its reason
+    cut = (
+        pl.concat([pl.scan_parquet(p).select(LINES_CUT_COLUMN) for p in parts])
+        .with_row_index("doc")
+        .explode(LINES_CUT_COLUMN)
+        .drop_nulls(LINES_CUT_COLUMN)
+        .unnest(LINES_CUT_COLUMN)
+    )
+    per_reason, per_line = pl.collect_all([
+        cut.group_by("reason").agg(pl.len().alias("lines"), pl.col("doc").n_unique().alias("docs")),
+        cut.group_by("reason", "line").agg(pl.len().alias("count")),
+    ])
+    if per_reason.height == 0:
+        section.add(Text(f"Line cleaning cut no line from the {m['rows_out']:,} documents kept."))
+        return section
+    rows = []
+    for reason, lines, docs in per_reason.sort(["lines", "reason"], descending=[True, False]).iter_rows():
+        common = (per_line.filter(pl.col("reason") == reason)
+                  .sort(["count", "line"], descending=[True, False]).head(examples))
+        for k, (line, n) in enumerate(common.select("line", "count").iter_rows()):
+            head = [reason, _n(lines), _n(docs)] if k == 0 else ["", "", ""]
+            rows.append([*head, _excerpt(line, 120), _n(n)])
+    section.add(Table(["reason", "lines cut", "documents", "line (most often cut first)", "times cut"], rows,
+                      caption=f"lines cut from the {m['rows_out']:,} documents kept; every cut line is in the "
+                              f"`{LINES_CUT_COLUMN}` column of {filtered}"))
+    return section
+
+
 def clusters_section(workdir: Path, top: int = 5, shown: int = 3) -> Section:
     """The largest groups of duplicates: the document kept and a few it replaced."""
     section = Section("Largest duplicate clusters")
@@ -455,8 +504,8 @@ def build_report(workdir: Path, output: Path, runs: list[str] | None = None) -> 
     if not any(read_manifest(workdir / d) for d, _ in DOCUMENT_STAGES):
         raise FileNotFoundError(f"--workdir {workdir}: no finished stage found (run `make all` or `nonllama download`)")
     funnel, checks = funnel_section(workdir)
-    sections = [funnel, drops_section(workdir), filter_section(workdir), clusters_section(workdir),
-                tokens_section(workdir)]
+    sections = [funnel, drops_section(workdir), line_cleaning_section(workdir), filter_section(workdir),
+                clusters_section(workdir), tokens_section(workdir)]
     runs_dir = workdir / RUNS_DIR
     available = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
     for name in runs or []:

@@ -6,7 +6,9 @@ on kept and rejected rows alike, and drops each document for the first rule it f
 fixed priority order of `CHECKS`. That rule's name is the row's `drop_reason`.
 
 Reads `normalized/`, writes `filtered/` (kept documents; with C4 line cleaning on, their text has
-the boilerplate lines removed) and `filtered/rejected/` (dropped documents, original text).
+the boilerplate lines removed) and `filtered/rejected/` (dropped documents, original text). Every
+row has a `lines_cut` column: the lines line cleaning cut (or, in a rejected row, would have cut),
+each with its reason (`filter_rules.LINE_CUT_REASONS`); `nonllama report` lists the most common.
 
 Rules, in priority order (switch = config key that turns the rule off; a threshold's key is
 in the third column; defaults in `FilterConfig`):
@@ -55,6 +57,8 @@ from nonllama.pipeline.filter_rules import (
     GOPHER_TOP_NS,
     HAN_ONLY_AS_ZH,
     LID_LANGUAGES,
+    LINE_CUT_DTYPE,
+    LINES_CUT_COLUMN,
     VALUE_FIELDS,
     clean_lines,
     data_dependencies,
@@ -95,7 +99,7 @@ class FilterConfig:
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
     language_min_score: float = 0.65
     language_max_chars: int = 2000  # characters of each document fastText reads
-    # 4. flagged (adult) words: English words + characters of Chinese phrases, over words
+    # 4. flagged (adult) words: whole English words + characters of Chinese words (jieba), over words
     flagged_words: bool = True
     flagged_words_max_ratio: float = 0.045
     # 5. special characters (symbols, emoji, control/private-use, markup marks) over non-space chars
@@ -387,6 +391,11 @@ def checks(config: FilterConfig) -> list[Check]:
     return [ch for ch in out if getattr(config, ch.switch)]
 
 
+# The threshold checks that come before the language rule in the priority order (see the table
+# of the module docstring): nothing there to identify.
+BEFORE_LANGUAGE = frozenset({"word_count"})
+
+
 def _language_fails(config: FilterConfig) -> pl.Expr:
     ok = pl.col("lang").is_in(config.languages) & (pl.col("lang_score") >= config.language_min_score)
     return ~ok.fill_null(False)
@@ -412,11 +421,13 @@ def first_failing_rule(values: pl.DataFrame, config: FilterConfig) -> pl.Series:
     if config.c4_line_cleaning:
         tests.append(("", pl.col("c4_flag").is_not_null()))  # reason built from the flag
         tests.append((EMPTY_AFTER_CLEANING, pl.col("c4_empty")))
+    # the language rule is no threshold check: it goes after the checks named to precede it
+    # (by name: which checks a config switches on changes their positions)
     all_checks = checks(config)
-    tests += [(ch.reason, ch.fails()) for ch in all_checks[:2]]  # word count
+    tests += [(ch.reason, ch.fails()) for ch in all_checks if ch.reason in BEFORE_LANGUAGE]
     if config.language:
         tests.append(("language", _language_fails(config)))
-    tests += [(ch.reason, ch.fails()) for ch in all_checks[2:]]
+    tests += [(ch.reason, ch.fails()) for ch in all_checks if ch.reason not in BEFORE_LANGUAGE]
     if not tests:
         return pl.Series("reason", [None] * values.height, dtype=pl.String)
     expr: Any = pl
@@ -453,8 +464,10 @@ def filter_batch(batch: pl.DataFrame, config: FilterConfig) -> tuple[pl.DataFram
             min_sentences=config.c4_min_sentences,
         )
         new_texts = cleaned["text"]
+        lines_cut = cleaned[LINES_CUT_COLUMN]
     else:
         new_texts = texts
+        lines_cut = pl.Series(LINES_CUT_COLUMN, [[]] * batch.height, dtype=pl.List(LINE_CUT_DTYPE))
     values = rule_values(
         new_texts,
         short_line_chars=config.short_lines_chars,
@@ -474,20 +487,27 @@ def filter_batch(batch: pl.DataFrame, config: FilterConfig) -> tuple[pl.DataFram
         )
     reason = first_failing_rule(values, config)
     struct = values.select(pl.struct(list(VALUE_FIELDS)).alias(VALUES_COLUMN))[VALUES_COLUMN]
+    lines_cut = lines_cut.alias(LINES_CUT_COLUMN)
     if config.stats_only:
-        kept = batch.with_columns(new_texts.alias("text"), struct, reason.alias(WOULD_DROP_COLUMN))
+        kept = batch.with_columns(new_texts.alias("text"), struct, lines_cut, reason.alias(WOULD_DROP_COLUMN))
         return kept, kept.head(0).drop(WOULD_DROP_COLUMN).with_columns(pl.lit("").alias("drop_reason"))
     dropped = reason.is_not_null()
-    kept = batch.with_columns(new_texts.alias("text"), struct).filter(~dropped)
-    rejected = batch.with_columns(struct, reason.alias("drop_reason")).filter(dropped)
+    kept = batch.with_columns(new_texts.alias("text"), struct, lines_cut).filter(~dropped)
+    # rejected rows keep their original text; `lines_cut` says what cleaning would have cut
+    # (all of it, for empty_after_line_cleaning)
+    rejected = batch.with_columns(struct, lines_cut, reason.alias("drop_reason")).filter(dropped)
     return kept, rejected
 
 
 # --------------------------------------------------------------------------------------- stage
 
 
+LINES_CUT_KEY = "lines_cut_as_{}"  # stage_counts key of the lines cut for one reason
+
+
 def line_cleaning_counts(batch: pl.DataFrame, kept: pl.DataFrame, removed: pl.DataFrame) -> dict[str, int]:
-    """The manifest's `stage_counts` of one batch: what C4 line cleaning cut from kept documents.
+    """The manifest's `stage_counts` of one batch: what C4 line cleaning cut from kept documents,
+    in all and per reason (`lines_cut_as_<reason>`, for the reasons that occur).
 
     Module-level, so that it pickles into the workers (`run_shard_stage(count_batch=...)`).
     """
@@ -497,11 +517,16 @@ def line_cleaning_counts(batch: pl.DataFrame, kept: pl.DataFrame, removed: pl.Da
         docs, lines_removed, chars_removed = int((lines > 0).sum()), int(lines.sum() or 0), int(chars.sum() or 0)
     else:
         docs = lines_removed = chars_removed = 0
-    return {
+    counts = {
         "documents_changed_by_line_cleaning": docs,
         "lines_removed_by_line_cleaning": lines_removed,
         "characters_removed_by_line_cleaning": chars_removed,
     }
+    if kept.height and LINES_CUT_COLUMN in kept.columns:
+        reasons = kept[LINES_CUT_COLUMN].explode().struct.field("reason").drop_nulls()
+        for reason, n in reasons.value_counts().iter_rows():
+            counts[LINES_CUT_KEY.format(reason)] = int(n)
+    return counts
 
 
 def run_filter(

@@ -25,6 +25,7 @@ So Chinese counts one word per character, and mixed text counts both: `iPhone手
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Collection
 from functools import cache
 from importlib import resources
@@ -126,16 +127,92 @@ def data_dependencies(needed: Collection[str] | None) -> dict[str, str]:
     return deps
 
 
-def _phrase_regex(name: str) -> str:
-    """An alternation of a list's entries (longest first), for substring search in Chinese."""
-    return _alternation(word_list(name))
+# ------------------------------------------------------------------------------- flagged words
+
+# jieba cuts a text into blocks of these characters and segments each block on its own
+# (`jieba.re_han_default`; a test compares the two), so segmenting only the blocks that hold a
+# flagged phrase gives the very tokens that segmenting the whole document would.
+JIEBA_BLOCK = r"[\x{4E00}-\x{9FD5}a-zA-Z0-9+#&._%\-]+"
 
 
 @cache
-def _alternation(words: frozenset[str]) -> str:
-    import re
+def chinese_segmenter() -> Any:
+    """jieba's tokenizer with its default dictionary, built once per process (~0.5 s).
 
-    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    Built here rather than by `initialize()`, which loads and writes a cache file in the shared
+    temporary directory (another user's file there makes it log a traceback) and logs to stderr
+    in every worker: building the prefix dictionary takes as long as loading that cache.
+    """
+    import jieba
+
+    tokenizer = jieba.Tokenizer()
+    tokenizer.FREQ, tokenizer.total = tokenizer.gen_pfdict(tokenizer.get_dict_file())
+    tokenizer.initialized = True
+    return tokenizer
+
+
+def chinese_flagged_chars(texts: pl.Series, flagged: Collection[str]) -> np.ndarray:
+    """Per document: the characters of Chinese flagged words that stand as words in it.
+
+    Chinese has no spaces, so a flagged word can lie across two ordinary ones: 出色|情况 holds
+    色情, 景色|情景 too, 出口|交付 holds 口交. An occurrence counts only where jieba's
+    segmentation agrees it is a word (`flagged_chars_in_block`). Cheap first: only the documents
+    that hold a flagged substring at all (one Aho-Corasick pass, `str.contains_any`), and in them
+    only the jieba blocks that do, are segmented, each distinct block once.
+    """
+    out = np.zeros(len(texts))
+    words = sorted(flagged)
+    if not words or len(texts) == 0:
+        return out
+    has_word = texts.fill_null("").str.contains_any(words, ascii_case_insensitive=True).to_numpy()
+    candidates = np.flatnonzero(has_word)
+    if not len(candidates):
+        return out
+    blocks = (
+        pl.DataFrame({"doc": candidates, "block": texts.gather(candidates).str.extract_all(JIEBA_BLOCK)})
+        .explode("block")
+        .drop_nulls("block")
+        .filter(pl.col("block").str.contains_any(words, ascii_case_insensitive=True))
+        .with_columns(pl.col("block").str.to_lowercase())  # the list is lowercase (av女优)
+    )
+    distinct = blocks["block"].unique()
+    per_block = pl.DataFrame({
+        "block": distinct,
+        "flagged": pl.Series([flagged_chars_in_block(b, words) for b in distinct.to_list()], dtype=pl.Int64),
+    })
+    per_doc = blocks.join(per_block, on="block").group_by("doc").agg(pl.col("flagged").sum())
+    out[per_doc["doc"].to_numpy()] = per_doc["flagged"].to_numpy()
+    return out
+
+
+def flagged_chars_in_block(block: str, words: Collection[str]) -> int:
+    """Characters of `block` (one jieba block, lowercase) covered by flagged words that are words.
+
+    jieba segments the block; an occurrence of a flagged word counts when it
+    * starts and ends on token boundaries: one token (色情) or a run of whole tokens (黄色网站 is
+      黄色|网站), but not 出色|情况 (色情 starts inside 出色) nor 男性|交友 (性交);
+    * or starts a longer token that is a dictionary word (色情网站, 强奸罪, 卖淫嫖娼): Chinese
+      compounds put the modifier first, so these name a kind of the flagged thing. A word that
+      merely ends with one is not counted: idioms do that in another sense (聊以自慰, "to console
+      oneself", is in People's Daily 1998), and so do words holding one inside (众口交赞).
+    """
+    segmenter = chinese_segmenter()
+    tokens = segmenter.lcut(block, HMM=True)
+    starts = np.concatenate([[0], np.cumsum([len(t) for t in tokens])]).tolist()
+    boundaries = set(starts)
+    token_at = dict(zip(starts, tokens, strict=False))  # token starting at each boundary
+    covered = bytearray(len(block))
+    for word in words:
+        i = block.find(word)
+        while i >= 0:
+            end = i + len(word)
+            token = token_at.get(i)
+            if token is not None and (
+                end in boundaries or (len(token) > len(word) and segmenter.FREQ.get(token, 0) > 0)
+            ):
+                covered[i:end] = b"\x01" * len(word)
+            i = block.find(word, i + 1)
+    return sum(covered)
 
 
 # ------------------------------------------------------------------------------- fastText lid
@@ -223,21 +300,100 @@ C4_POLICY = (
     "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
     "use cookies",
 )  # fmt: skip
-# Lines a web page repeats around its content. Chinese equivalents of C4's policy phrases, and
-# navigation / footer lines C4 does not name but which its other rules (terminal punctuation,
-# 3 words a line) remove in English, and which this project keeps in Chinese and dialogue.
-BOILERPLATE_PHRASES = (
-    "all rights reserved", "copyright ©", "skip to main content", "skip to content",
-    "subscribe to our newsletter", "share this", "follow us on", "accept all cookies",
-    "cookie settings", "隐私政策", "使用条款", "用户协议", "版权所有", "保留所有权利", "icp备",
-    "icp证", "关注我们", "扫一扫", "责任编辑", "使用cookie", "接受全部cookie",
+# Lines a web page repeats around its content, which C4 does not name but its other rules
+# (terminal punctuation, 3 words a line) remove in English, and which this project keeps in
+# Chinese and dialogue. A phrase alone does not make a line boilerplate: prose says "share this"
+# and "关注我们" too. So a line is cut only when it is short (`BOILERPLATE_MAX_COLUMNS`) and
+# * starts with a call to action or a footer heading (`BOILERPLATE_OPENINGS`), after any
+#   bullets or icons: "Share this: Facebook | Twitter", "扫一扫，关注我们的微信公众号", but not
+#   "She wanted to share this with her sister." nor "感谢大家一直以来关注我们的节目。";
+# * or holds a mark no sentence of prose holds (`BOILERPLATE_MARKS`) anywhere:
+#   "© 2024 Example Inc. All rights reserved.", "京ICP备12345678号".
+# Both are regex fragments, matched case-insensitively.
+BOILERPLATE_OPENINGS = (
+    "share this", "follow us on", "subscribe to our newsletter", "skip to main content",
+    "skip to content", "accept all cookies", "cookie settings", "copyright ©", "关注我们", "扫一扫",
+    "(?:本版)?责任编辑",  # a newspaper page's editor credit: 责任编辑：周泓洋, 本版责任编辑周泓洋
+    "版权所有(?:$|[^人者])",  # 版权所有人 / 版权所有者 (the copyright holder) start prose
 )  # fmt: skip
+BOILERPLATE_MARKS = (
+    "all rights reserved", "保留所有权利", "icp备", "icp证", "使用cookie", "接受全部cookie",
+    "隐私政策", "使用条款", "用户协议",  # C4's policy phrases, in Chinese
+)  # fmt: skip
+# A footer or share line is a phrase and a few names (a company, some networks): 80 display
+# columns (a CJK character takes 2) is about 12 English words or 40 Chinese characters; the
+# longest such line the sample corpus plants is 49. Prose that holds a phrase runs longer.
+BOILERPLATE_MAX_COLUMNS = 80
+_BOILERPLATE_OPENING = r"(?i)^[^\p{L}\p{N}]*(?:" + "|".join(BOILERPLATE_OPENINGS) + ")"
+_BOILERPLATE_MARK = "(?i)" + "|".join(BOILERPLATE_MARKS)
+
+# Navigation bars and breadcrumbs: `Home | About | Contact`, `Home > Products > Shoes`,
+# `网站首页 > 新闻中心 > 正文`, `Sign in | Register`, and a navigation word alone on its line.
+# The separators also stand between words of prose and code (`if a > b then`, `x | y`), so:
+# * an item is a label: one to four words with no sentence punctuation, starting with a capital
+#   or a CJK character as menu entries do (`a`, `x`, `if a` do not), or a navigation word;
+# * a line is a menu when its items are all labels and there are at least three, or two of
+#   which one is a navigation word (`Sign in | Register`, `登录 | 注册`, `Home > Shoes`).
 _NAV_WORDS = (
     "menu|home|search|login|log in|sign in|sign up|register|navigation|main menu|"
     "首页|登录|注册|菜单|导航|搜索"
 )
-# a navigation bar or breadcrumb: short items separated by | > » (`Home | About | Contact`)
-_NAV_LINE = rf"^(?i:{_NAV_WORDS})$|^[^|>»]{{1,25}}(?:\s[|>»]\s[^|>»]{{1,25}})+$"
+_NAV_WORD = rf"(?i:{_NAV_WORDS})"
+_NAV_SEPARATOR = r"\s+[|>»›]\s+"
+_LABEL_WORD = r"[^\s|>»›,;:!?，；：！？。]"
+_NAV_ITEM = rf"(?:{_NAV_WORD}|[\p{{Lu}}{_CJK}]{_LABEL_WORD}{{0,24}}(?:\s{_LABEL_WORD}{{1,25}}){{0,3}})"
+NAV_LINE = (
+    rf"^(?:{_NAV_WORD}"
+    rf"|{_NAV_ITEM}(?:{_NAV_SEPARATOR}{_NAV_ITEM}){{2,}}"
+    rf"|{_NAV_WORD}{_NAV_SEPARATOR}{_NAV_ITEM}|{_NAV_ITEM}{_NAV_SEPARATOR}{_NAV_WORD})$"
+)
+
+# Why line cleaning cut a line (the `reason` of each `lines_cut` entry), in the order the rules
+# are tried: the first that applies names the line.
+LINE_CUT_REASONS = (
+    "long_word",  # a non-CJK word over max_word_length characters (C4: 1000)
+    "no_terminal_punct",  # C4: the line does not end in . ? ! " ' (off by default)
+    "too_few_words",  # C4: under min_words_per_line words (off by default)
+    "javascript",  # C4: mentions javascript
+    "policy",  # C4: terms of use, privacy policy, cookies
+    "boilerplate",  # a short share / follow / footer line (BOILERPLATE_OPENINGS, _MARKS)
+    "navigation",  # a menu, breadcrumb or navigation word (NAV_LINE)
+)
+LINES_CUT_COLUMN = "lines_cut"
+LINE_CUT_DTYPE = pl.Struct({"line": pl.String, "reason": pl.String})
+# A cut line is recorded with its first this many characters: enough to see what it was; a
+# line of base64 or minified code (the long_word rule) can be megabytes.
+CUT_LINE_CHARS = 200
+# display width: a CJK character (or full-width mark) is two columns, as it holds about as much
+# text as two Latin letters
+_WIDE = rf"[{_CJK}\x{{3000}}-\x{{303F}}\x{{FF00}}-\x{{FFEF}}]"
+
+
+def display_columns(texts: pl.Series) -> pl.Series:
+    """Width of each string in display columns (a CJK or full-width character: 2)."""
+    return texts.str.len_chars().cast(pl.Int64) + texts.str.count_matches(_WIDE).cast(pl.Int64)
+
+
+def _first_reason(rules: list[tuple[str, pl.Expr]]) -> pl.Expr:
+    """The name of the first rule whose condition holds, or null."""
+    if not rules:
+        return pl.lit(None, dtype=pl.String)
+    expr: Any = pl
+    for name, condition in rules:
+        expr = expr.when(condition).then(pl.lit(name))
+    return expr.otherwise(pl.lit(None, dtype=pl.String))
+
+
+def boilerplate_lines(stripped: pl.Series) -> pl.Series:
+    """Which lines (stripped) are boilerplate: a short line that opens with a call to action or
+    a footer heading, or holds a footer mark (see `BOILERPLATE_OPENINGS`). Widths are measured
+    only for the lines with a phrase."""
+    phrase = (stripped.str.contains(_BOILERPLATE_OPENING) | stripped.str.contains(_BOILERPLATE_MARK)).fill_null(False)
+    out = np.zeros(len(stripped), dtype=bool)
+    candidates = np.flatnonzero(phrase.to_numpy())
+    if len(candidates):
+        out[candidates] = (display_columns(stripped.gather(candidates)) <= BOILERPLATE_MAX_COLUMNS).to_numpy()
+    return pl.Series(out)
 
 
 def clean_lines(
@@ -257,8 +413,10 @@ def clean_lines(
     """C4-style line cleaning; one row per document.
 
     Columns: `text` (the cleaned text: removed lines are gone, blank lines kept, stripped),
-    `c4_lines_removed`, `c4_chars_removed`, and `c4_flag`: null, or the document-level C4 rule
-    that fires (`lorem_ipsum`, `curly_bracket`, `too_few_sentences`), which C4 drops whole.
+    `c4_lines_removed`, `c4_chars_removed`, `lines_cut` (each removed line, its first
+    `CUT_LINE_CHARS` characters, with the reason of `LINE_CUT_REASONS` that removed it), and
+    `c4_flag`: null, or the document-level C4 rule that fires (`lorem_ipsum`, `curly_bracket`,
+    `too_few_sentences`), which C4 drops whole.
     Like C4, the document rules look only at lines that survived the length / punctuation /
     words rules. Unlike C4, a word over `max_word_length` counts only non-CJK characters (a
     Chinese line is one "word" to `str.split`), and the terminal-punctuation and 3-words rules
@@ -272,6 +430,7 @@ def clean_lines(
     stripped = line.str.strip_chars()
     if remove_citations:
         stripped = stripped.str.replace_all(C4_CITATION, "")
+
     # case-insensitive search instead of lowercasing every line (to_lowercase is the slow part)
     def has(pattern: str) -> pl.Expr:
         return stripped.str.contains("(?i)" + pattern)
@@ -282,7 +441,7 @@ def clean_lines(
     stripped, blank = pl.col("stripped"), pl.col("blank")
 
     # rules that C4 applies before its document rules
-    drop = pl.lit(False)
+    early: list[tuple[str, pl.Expr]] = []
     if max_word_length > 0:
         # only a line longer than the limit can hold a longer word: the regex runs on those alone
         line_chars = lines["line"].fill_null("").str.len_chars()
@@ -292,25 +451,30 @@ def clean_lines(
             long_word[long_lines] = (
                 lines["line"].gather(long_lines).str.contains(rf"[^\s{_CJK}]{{{max_word_length + 1},}}").to_numpy()
             )
-        drop = drop | pl.lit(pl.Series(long_word))
+        early.append(("long_word", pl.lit(pl.Series(long_word))))
     if terminal_punct:
         ends = stripped.str.contains(f"[{TERMINAL}]$") & ~stripped.str.ends_with("...")
-        drop = drop | (~ends & ~blank)
+        early.append(("no_terminal_punct", ~ends & ~blank))
     if min_words_per_line > 0:
-        drop = drop | (~blank & (stripped.str.count_matches(TOKEN) < min_words_per_line))
-    lines = lines.with_columns(drop=drop)
-    drop = pl.col("drop")
-    survived = ~drop
+        early.append(("too_few_words", ~blank & (stripped.str.count_matches(TOKEN) < min_words_per_line)))
+    lines = lines.with_columns(early_reason=_first_reason(early))
+    survived = pl.col("early_reason").is_null()
     lorem = survived & has("lorem ipsum") if lorem_ipsum else pl.lit(False)
     curly = survived & stripped.str.contains("{", literal=True) if curly_bracket else pl.lit(False)
     # then the line rules
+    later: list[tuple[str, pl.Expr]] = []
     if javascript:
-        drop = drop | has("javascript")
+        later.append(("javascript", has("javascript")))
     if policy:
-        drop = drop | has("|".join(map(_escape, C4_POLICY)))
+        later.append(("policy", has("|".join(map(re.escape, C4_POLICY)))))
     if boilerplate:
-        drop = drop | has("|".join(map(_escape, BOILERPLATE_PHRASES))) | stripped.str.contains(_NAV_LINE)
-    lines = lines.with_columns(drop=drop & ~blank, lorem=lorem, curly=curly)
+        later.append(("boilerplate", pl.lit(boilerplate_lines(lines["stripped"]))))
+        later.append(("navigation", stripped.str.contains(NAV_LINE)))
+    reason = pl.when(blank).then(pl.lit(None, dtype=pl.String)).otherwise(
+        pl.coalesce(pl.col("early_reason"), _first_reason(later))
+    )
+    lines = lines.with_columns(reason=reason, lorem=lorem, curly=curly)
+    lines = lines.with_columns(drop=pl.col("reason").is_not_null())
     drop = pl.col("drop")
     sentences = (
         pl.when(drop | blank)
@@ -318,13 +482,14 @@ def clean_lines(
         .otherwise(pl.max_horizontal(stripped.str.count_matches(r"[.!?。！？]+[\"'”’」』)]*(?:\s|$)"), 1))
     )
     kept_line = line.str.replace_all(C4_CITATION, "") if remove_citations else line
+    cut = pl.struct(line=line.str.slice(0, CUT_LINE_CHARS), reason=pl.col("reason"))
     per_doc = (
         lines.with_columns(sentences=sentences, kept_line=kept_line)
         .group_by("doc", maintain_order=True)
         .agg(
-            pl.col("kept_line").filter(~pl.col("drop")).str.join("\n").alias("text"),
-            pl.col("drop").sum().cast(pl.Int64).alias("c4_lines_removed"),
-            pl.col("line").filter(pl.col("drop")).str.len_chars().sum().cast(pl.Int64).alias("removed_chars"),
+            pl.col("kept_line").filter(~drop).str.join("\n").alias("text"),
+            drop.sum().cast(pl.Int64).alias("c4_lines_removed"),
+            cut.filter(drop).alias(LINES_CUT_COLUMN),
             pl.col("lorem").any(),
             pl.col("curly").any(),
             pl.col("sentences").sum(),
@@ -346,14 +511,9 @@ def clean_lines(
         (texts.fill_null("").str.len_chars().cast(pl.Int64) - text.str.len_chars().cast(pl.Int64)).alias(
             "c4_chars_removed"
         ),
+        pl.col(LINES_CUT_COLUMN).cast(pl.List(LINE_CUT_DTYPE)),
         flag.alias("c4_flag"),
     )
-
-
-def _escape(s: str) -> str:
-    import re
-
-    return re.escape(s)
 
 
 # ------------------------------------------------------------------------------- values
@@ -494,11 +654,10 @@ def rule_values(
         is_stop = pl.when(pl.col("is_cjk")).then(pl.col("tok").is_in(list(zh_stop))).otherwise(lower.is_in(list(en_stop)))
         word_flags = words.select(is_stop.alias("stop"), lower.is_in(list(en_flag)).alias("flag"))
         values["stop_words_ratio"] = _div(np.bincount(wdoc, weights=word_flags["stop"].to_numpy(), minlength=n), n_words)
-        # flagged: English words from the token table, Chinese phrases by substring (no spaces
-        # to split on): the characters they cover count as that many words
-        zh_flagged_chars = (
-            texts.str.len_chars() - texts.str.replace_all(_phrase_regex("flagged_words_zh"), "").str.len_chars()
-        ).to_numpy()
+        # flagged: English words are whole tokens of the token table (case-insensitive: so
+        # "Scunthorpe" or "cocktail" is no hit); Chinese words where jieba's segmentation makes
+        # them words: the characters they cover count as that many words (a CJK character is one)
+        zh_flagged_chars = chinese_flagged_chars(texts, word_list("flagged_words_zh"))
         en_flagged = np.bincount(wdoc, weights=word_flags["flag"].to_numpy(), minlength=n)
         values["flagged_words_ratio"] = _div(en_flagged + zh_flagged_chars, n_words)
 
@@ -692,19 +851,15 @@ def _line_values(
     )
     lines = lines.with_columns(nonblank=pl.col("stripped_chars") > 0)
     nonblank = pl.col("nonblank")
-    # line length in display columns: a CJK character (or full-width mark) is two, as it holds
-    # about as much text as two Latin letters; otherwise every short-line rule drops Chinese.
-    # A line is short only if its length in characters is: the regex runs on those lines alone.
-    wide = rf"[{_CJK}\x{{3000}}-\x{{303F}}\x{{FF00}}-\x{{FFEF}}]"
+    # line length in display columns (`display_columns`); otherwise every short-line rule drops
+    # Chinese. A line is short only if its length in characters is: the regex runs on those alone.
 
     def shorter(column: str, chars: str, limit: int) -> pl.Series:
         """Lines whose `column` is under `limit` display columns (`chars`: its length)."""
         out = np.zeros(lines.height, dtype=bool)
         candidates = np.flatnonzero((lines[chars] < limit).to_numpy())
         if len(candidates):
-            text = lines[column].gather(candidates).fill_null("")
-            width = text.str.len_chars().cast(pl.Int64) + text.str.count_matches(wide).cast(pl.Int64)
-            out[candidates] = (width < limit).to_numpy()
+            out[candidates] = (display_columns(lines[column].gather(candidates).fill_null("")) < limit).to_numpy()
         return pl.Series(out)
 
     per_line = lines.with_columns(
@@ -813,67 +968,6 @@ def _counts_and_firsts(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     first = np.zeros(len(key), dtype=bool)
     first[np.minimum.reduceat(order, np.flatnonzero(starts))] = True
     return count, first
-
-
-def _top_ngram_chars(
-    doc: np.ndarray, h: np.ndarray, length: np.ndarray, gap: np.ndarray, n: int, ndocs: int
-) -> np.ndarray:
-    """Characters of each document's most frequent word n-gram times its count.
-
-    An n-gram's characters are its words' plus the spaces between them (`gap[i]`: 1 before
-    word i, 0 between two CJK characters, which are written without one).
-
-    Ties go to the n-gram seen first (as `Counter.most_common`). Unlike datatrove, an n-gram
-    seen once is not a "top" n-gram: in a short document any single 4-gram is 16% of the text.
-    Documents without a repeated n-gram: 0.
-    """
-    key, valid = ngram_keys(doc, h, n)
-    out = np.zeros(ndocs)
-    if not valid.any():
-        return out
-    starts = np.flatnonzero(valid)
-    count, first = _counts_and_firsts(key[valid])
-    cum = np.concatenate([[0], np.cumsum(length)])
-    cum_gap = np.concatenate([[0], np.cumsum(gap)])
-    ngram_chars = cum[starts + n] - cum[starts] + cum_gap[starts + n] - cum_gap[starts + 1]
-    best = (
-        pl.DataFrame({"doc": doc[starts], "count": count, "chars": ngram_chars})
-        .filter(pl.Series(first) & pl.Series(count > 1))
-        .group_by("doc")
-        .agg((pl.col("chars").get(pl.col("count").arg_max()) * pl.col("count").max()).alias("top"))
-    )
-    out[best["doc"].to_numpy()] = best["top"].to_numpy()
-    return out
-
-
-def _dup_ngram_chars(doc: np.ndarray, h: np.ndarray, length: np.ndarray, n: int, ndocs: int) -> np.ndarray:
-    """Characters (spaces not counted) of the words covered by a repeated occurrence of an n-gram.
-
-    The Gopher definition: a word counts once however many duplicate n-grams cover it; the first
-    occurrence of an n-gram is not a duplicate. (datatrove scans greedily and skips n words after
-    each duplicate, which can count a little less.)
-    """
-    key, valid = ngram_keys(doc, h, n)
-    if not valid.any():
-        return np.zeros(ndocs)
-    starts_at = np.flatnonzero(valid)
-    _, first = _counts_and_firsts(key[valid])
-    dup_start = np.zeros(len(h), dtype=np.int64)
-    dup_start[starts_at[~first]] = 1
-    cum = np.concatenate([[0], np.cumsum(dup_start)])
-    j = np.arange(len(h))
-    covered = (cum[j + 1] - cum[np.maximum(j - n + 1, 0)]) > 0
-    return np.bincount(doc, weights=length * covered, minlength=ndocs)
-
-
-def _word_repetition(doc: np.ndarray, h: np.ndarray, n: int, ndocs: int) -> np.ndarray:
-    """Share of a document's word n-grams that occur more than once in it (BigScience ROOTS)."""
-    key, valid = ngram_keys(doc, h, n)
-    if not valid.any():
-        return np.full(ndocs, np.nan)
-    count, _ = _counts_and_firsts(key[valid])
-    vdoc = doc[: len(valid)][valid]
-    return _div(np.bincount(vdoc, weights=count > 1, minlength=ndocs), np.bincount(vdoc, minlength=ndocs))
 
 
 def _ngram_chain(
@@ -997,8 +1091,3 @@ def _char_repetition(texts: pl.Series, chars: np.ndarray, n: int) -> np.ndarray:
     out[top["doc"].to_numpy()] = top["count"].to_numpy()
     total = np.maximum(chars - n + 1, 0)
     return _div(out, total)
-
-
-def value_is_ratio(name: str) -> bool:
-    return name not in ("words", "lang", "c4_lines_removed", "c4_chars_removed", "mean_word_length")
-
