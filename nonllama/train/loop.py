@@ -227,7 +227,13 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
     """Run (or continue) the training `config` describes; return a summary of the last step."""
     ranks = setup_distributed()
     try:
-        return _train(config, resume, ranks, console or Console(stderr=True))
+        summary = _train(config, resume, ranks, console or Console(stderr=True))
+        if ranks.world_size > 1:
+            # ranks leave together: a gloo rank that tears its group down while rank 0 still
+            # writes the last checkpoint sometimes aborts ("terminate called without an active
+            # exception", exit -6), which failed the whole run after it had finished
+            dist.barrier()
+        return summary
     finally:
         if ranks.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
