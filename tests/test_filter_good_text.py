@@ -270,3 +270,52 @@ def test_the_stage_counts_cut_lines_per_reason_and_the_report_shows_them(tmp_pat
     assert rows[1].startswith("| navigation | 3 | 3 | Home \\| About \\| Contact | 2 |")
     assert "|  |  |  | 网站首页 > 新闻中心 > 正文 | 1 |" in section, section
     assert "| boilerplate | 2 | 2 |" in section and "Share this: Facebook \\| Twitter" in section
+
+
+# ----------------------------------------------------------------------------- code and tables
+
+README = (
+    "# Using the parser\n\n"
+    "Install it and call it from Python like this:\n\n"
+    "```python\n"
+    "def parse(text):\n"
+    "    for line in text.splitlines():\n"
+    "\n"
+    "\n"
+    "        if line.strip():  # share this | skip that\n"
+    "            yield items[1]\n"
+    "```\n\n"
+    "The function yields every non-empty line of the input, stripped of surrounding whitespace. It "
+    "is lazy, so it works on large files without loading them whole."
+)
+TABLE = (
+    "The results of the three runs are below. Each run used the same data and the same seed, so the "
+    "differences come from the schedule alone.\n\n"
+    "| run | schedule | loss |\n|---|---|---|\n| a | cosine | 2.31 |\n| b | wsd | 2.28 |\n| c | constant | 2.45 |\n\n"
+    "The warmup-stable-decay schedule reached the lowest loss of the three."
+)
+
+
+def test_a_readme_with_code_and_a_table_is_kept_whole():
+    # before: the code block's short lines failed `short_lines`, the table's cells `gopher_alpha_words`
+    assert decide(README, TABLE) == [None, None]
+    kept, _ = filter_batch(batch(README, TABLE), FilterConfig())
+    assert kept["text"].to_list() == [README, TABLE]  # blank lines and indentation in the code too
+
+
+def test_line_cleaning_leaves_code_lines_alone():
+    cleaned = clean(README)
+    assert cleaned["text"][0] == README
+    assert cleaned["c4_lines_removed"][0] == 0
+    # the same line outside a code block is prose to the rules: the citation goes
+    assert clean("It rained twice.[1] Then it stopped.")["text"][0] == "It rained twice. Then it stopped."
+
+
+def test_the_rules_read_prose_without_code_blocks_and_tables():
+    from nonllama.pipeline.filter_rules import prose_view
+
+    texts = pl.Series("text", [README, TABLE, "```\nonly code here\n```", "```\nan unclosed block\nruns on"])
+    prose = prose_view(texts).to_list()
+    assert prose[0].startswith("# Using the parser") and "def parse" not in prose[0] and "lazy" in prose[0]
+    assert "|" not in prose[1] and prose[1].endswith("lowest loss of the three.")
+    assert prose[2:] == texts.to_list()[2:]  # nothing but code: the text itself

@@ -62,6 +62,7 @@ from nonllama.pipeline.filter_rules import (
     VALUE_FIELDS,
     clean_lines,
     data_dependencies,
+    prose_view,
     rule_values,
 )
 from nonllama.pipeline.io import StageRun, list_parts, read_manifest
@@ -469,7 +470,7 @@ def filter_batch(batch: pl.DataFrame, config: FilterConfig) -> tuple[pl.DataFram
         new_texts = texts
         lines_cut = pl.Series(LINES_CUT_COLUMN, [[]] * batch.height, dtype=pl.List(LINE_CUT_DTYPE))
     values = rule_values(
-        new_texts,
+        prose_view(new_texts),  # the rules are for prose: code blocks and tables aside
         short_line_chars=config.short_lines_chars,
         fineweb_short_line_chars=config.fineweb_short_line_chars,
         char_ngram=config.char_repetition_n,

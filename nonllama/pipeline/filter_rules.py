@@ -296,6 +296,26 @@ def identify_languages(texts: pl.Series, max_chars: int) -> pl.DataFrame:
 # ------------------------------------------------------------------------------- C4 lines
 
 C4_CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
+
+# Markdown structure the document rules were not made for. Gopher's, FineWeb's and the repetition
+# rules were tuned on web prose: to them a code block's lines are short lines without terminal
+# punctuation and a table's cells are "words" without letters, so a README with a code block or a
+# table failed `short_lines` or `gopher_alpha_words`. They read the document's prose view: the
+# text without its fenced code blocks and table rows (unless nothing with a letter is left).
+CODE_FENCE_LINE = r"^[ \t]*(?:```|~~~)"
+_FENCED_BLOCK = r"(?ms)^[ \t]*(?:```|~~~)[^\n]*$.*?(?:^[ \t]*(?:```|~~~)[ \t]*$|\z)"
+_TABLE_ROW = r"(?m)^[ \t]*\|.*\|[ \t]*$"
+
+
+def prose_view(texts: pl.Series) -> pl.Series:
+    """`texts` without fenced code blocks and Markdown table rows; a text with no letter or digit
+    left (all code, say) is its own prose view."""
+    prose = (
+        texts.fill_null("").str.replace_all(_FENCED_BLOCK, "").str.replace_all(_TABLE_ROW, "")
+        .str.replace_all(r"\n{3,}", "\n\n").str.strip_chars()
+    )
+    has_words = prose.str.contains(r"[\p{L}\p{N}]")
+    return pl.select(pl.when(has_words).then(prose).otherwise(texts)).to_series().alias(texts.name)
 C4_POLICY = (
     "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
     "use cookies",
@@ -437,8 +457,13 @@ def clean_lines(
 
     # every per-line column is materialized before the next use: polars would otherwise evaluate
     # a shared sub-expression (the regexes) once for each expression that uses it
-    lines = lines.with_columns(stripped=stripped, blank=stripped.str.len_chars() == 0)
-    stripped, blank = pl.col("stripped"), pl.col("blank")
+    lines = lines.with_columns(stripped=stripped, blank=stripped.str.len_chars() == 0,
+                               fence=line.str.contains(CODE_FENCE_LINE))
+    # a fenced code block's lines (fences included) are code, not prose: no rule cuts them
+    # and nothing in them is rewritten (`arr[1]` is not a citation)
+    fences_before = pl.col("fence").cast(pl.Int32).cum_sum().over("doc") - pl.col("fence").cast(pl.Int32)
+    lines = lines.with_columns(in_code=pl.col("fence") | (fences_before % 2 == 1))
+    stripped, blank, in_code = pl.col("stripped"), pl.col("blank"), pl.col("in_code")
 
     # rules that C4 applies before its document rules
     early: list[tuple[str, pl.Expr]] = []
@@ -460,7 +485,7 @@ def clean_lines(
     lines = lines.with_columns(early_reason=_first_reason(early))
     survived = pl.col("early_reason").is_null()
     lorem = survived & has("lorem ipsum") if lorem_ipsum else pl.lit(False)
-    curly = survived & stripped.str.contains("{", literal=True) if curly_bracket else pl.lit(False)
+    curly = survived & ~in_code & stripped.str.contains("{", literal=True) if curly_bracket else pl.lit(False)
     # then the line rules
     later: list[tuple[str, pl.Expr]] = []
     if javascript:
@@ -470,7 +495,7 @@ def clean_lines(
     if boilerplate:
         later.append(("boilerplate", pl.lit(boilerplate_lines(lines["stripped"]))))
         later.append(("navigation", stripped.str.contains(NAV_LINE)))
-    reason = pl.when(blank).then(pl.lit(None, dtype=pl.String)).otherwise(
+    reason = pl.when(blank | in_code).then(pl.lit(None, dtype=pl.String)).otherwise(
         pl.coalesce(pl.col("early_reason"), _first_reason(later))
     )
     lines = lines.with_columns(reason=reason, lorem=lorem, curly=curly)
@@ -481,7 +506,7 @@ def clean_lines(
         .then(0)
         .otherwise(pl.max_horizontal(stripped.str.count_matches(r"[.!?。！？]+[\"'”’」』)]*(?:\s|$)"), 1))
     )
-    kept_line = line.str.replace_all(C4_CITATION, "") if remove_citations else line
+    kept_line = pl.when(in_code).then(line).otherwise(line.str.replace_all(C4_CITATION, "")) if remove_citations else line
     cut = pl.struct(line=line.str.slice(0, CUT_LINE_CHARS), reason=pl.col("reason"))
     per_doc = (
         lines.with_columns(sentences=sentences, kept_line=kept_line)
@@ -495,7 +520,13 @@ def clean_lines(
             pl.col("sentences").sum(),
         )
     )
-    text = per_doc["text"].str.replace_all(r"\n{3,}", "\n\n").str.strip_chars()
+    # the blank lines a cut leaves are folded; a document nothing was cut from keeps its own
+    # (a code block's blank lines among them)
+    text = pl.select(
+        pl.when(per_doc["c4_lines_removed"] > 0)
+        .then(per_doc["text"].str.replace_all(r"\n{3,}", "\n\n").str.strip_chars())
+        .otherwise(per_doc["text"])
+    ).to_series()
     flag = (
         pl.when(pl.col("lorem"))
         .then(pl.lit("lorem_ipsum"))
