@@ -310,12 +310,19 @@ _TABLE_ROW = r"(?m)^[ \t]*\|.*\|[ \t]*$"
 def prose_view(texts: pl.Series) -> pl.Series:
     """`texts` without fenced code blocks and Markdown table rows; a text with no letter or digit
     left (all code, say) is its own prose view."""
+    texts = texts.fill_null("")
+    # the regexes run only on the texts that can hold a fence or a table row (few, in web text)
+    marked = texts.str.contains_any(["```", "~~~", "|"]).fill_null(False).arg_true()
+    if len(marked) == 0:
+        return texts
+    some = texts.gather(marked)
     prose = (
-        texts.fill_null("").str.replace_all(_FENCED_BLOCK, "").str.replace_all(_TABLE_ROW, "")
+        some.str.replace_all(_FENCED_BLOCK, "").str.replace_all(_TABLE_ROW, "")
         .str.replace_all(r"\n{3,}", "\n\n").str.strip_chars()
     )
     has_words = prose.str.contains(r"[\p{L}\p{N}]")
-    return pl.select(pl.when(has_words).then(prose).otherwise(texts)).to_series().alias(texts.name)
+    chosen = pl.select(pl.when(has_words).then(prose).otherwise(some)).to_series()
+    return texts.clone().scatter(marked, chosen)
 C4_POLICY = (
     "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
     "use cookies",
@@ -457,12 +464,16 @@ def clean_lines(
 
     # every per-line column is materialized before the next use: polars would otherwise evaluate
     # a shared sub-expression (the regexes) once for each expression that uses it
-    lines = lines.with_columns(stripped=stripped, blank=stripped.str.len_chars() == 0,
-                               fence=line.str.contains(CODE_FENCE_LINE))
+    lines = lines.with_columns(stripped=stripped, blank=stripped.str.len_chars() == 0)
     # a fenced code block's lines (fences included) are code, not prose: no rule cuts them
-    # and nothing in them is rewritten (`arr[1]` is not a citation)
-    fences_before = pl.col("fence").cast(pl.Int32).cum_sum().over("doc") - pl.col("fence").cast(pl.Int32)
-    lines = lines.with_columns(in_code=pl.col("fence") | (fences_before % 2 == 1))
+    # and nothing in them is rewritten (`arr[1]` is not a citation). Most batches of web text
+    # hold no fence at all: then nothing is code, without a regex over every line.
+    if texts.str.contains_any(["```", "~~~"]).any():
+        fence = line.str.contains(CODE_FENCE_LINE).cast(pl.Int32)
+        fences_before = fence.cum_sum().over("doc") - fence
+        lines = lines.with_columns(in_code=(fence == 1) | (fences_before % 2 == 1))
+    else:
+        lines = lines.with_columns(in_code=pl.lit(False))
     stripped, blank, in_code = pl.col("stripped"), pl.col("blank"), pl.col("in_code")
 
     # rules that C4 applies before its document rules
