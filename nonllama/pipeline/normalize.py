@@ -447,7 +447,11 @@ def _fix_mojibake(s: pl.Series) -> pl.Series:
         # ftfy reads `â€ ` as a dagger; it almost always was U+201D, the closing double quote
         sub = _re(sub, _MOJIBAKE_LOST_RDQUO, "\u201d${1}")
         cfg = _ftfy_config()
-        return pl.Series(sub.name, [ftfy.fix_text(t, cfg) for t in sub.to_list()], dtype=pl.String)
+        fixed = pl.Series(sub.name, [ftfy.fix_text(t, cfg) for t in sub.to_list()], dtype=pl.String)
+        # a "repair" that leaves no letter or digit where there were some read the bytes as an
+        # encoding they were not in (`À\x80` is Java's two-byte NUL to ftfy): keep the line
+        lost = sub.str.contains(r"[\p{L}\p{N}]") & ~fixed.str.contains(r"[\p{L}\p{N}]")
+        return pl.select(pl.when(lost).then(sub).otherwise(fixed)).to_series().alias(sub.name)
 
     return _on_rows(s, s.str.contains(_MOJIBAKE_HINT), fix)
 
