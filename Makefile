@@ -138,7 +138,7 @@ test: dev
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m pip install --quiet -e '.[bench,ray]'  # the peers, and Ray for bench.scaling
 	$(PY) -m bench.run
 
 lint: dev
