@@ -36,6 +36,7 @@ import numpy as np
 import polars as pl
 
 from nonllama.pipeline.io import file_sha256
+from nonllama.pipeline.markdown import fenced_lines
 
 # ------------------------------------------------------------------------------- patterns
 
@@ -296,33 +297,6 @@ def identify_languages(texts: pl.Series, max_chars: int) -> pl.DataFrame:
 # ------------------------------------------------------------------------------- C4 lines
 
 C4_CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
-
-# Markdown structure the document rules were not made for. Gopher's, FineWeb's and the repetition
-# rules were tuned on web prose: to them a code block's lines are short lines without terminal
-# punctuation and a table's cells are "words" without letters, so a README with a code block or a
-# table failed `short_lines` or `gopher_alpha_words`. They read the document's prose view: the
-# text without its fenced code blocks and table rows (unless nothing with a letter is left).
-CODE_FENCE_LINE = r"^[ \t]*(?:```|~~~)"
-_FENCED_BLOCK = r"(?ms)^[ \t]*(?:```|~~~)[^\n]*$.*?(?:^[ \t]*(?:```|~~~)[ \t]*$|\z)"
-_TABLE_ROW = r"(?m)^[ \t]*\|.*\|[ \t]*$"
-
-
-def prose_view(texts: pl.Series) -> pl.Series:
-    """`texts` without fenced code blocks and Markdown table rows; a text with no letter or digit
-    left (all code, say) is its own prose view."""
-    texts = texts.fill_null("")
-    # the regexes run only on the texts that can hold a fence or a table row (few, in web text)
-    marked = texts.str.contains_any(["```", "~~~", "|"]).fill_null(False).arg_true()
-    if len(marked) == 0:
-        return texts
-    some = texts.gather(marked)
-    prose = (
-        some.str.replace_all(_FENCED_BLOCK, "").str.replace_all(_TABLE_ROW, "")
-        .str.replace_all(r"\n{3,}", "\n\n").str.strip_chars()
-    )
-    has_words = prose.str.contains(r"[\p{L}\p{N}]")
-    chosen = pl.select(pl.when(has_words).then(prose).otherwise(some)).to_series()
-    return texts.clone().scatter(marked, chosen)
 C4_POLICY = (
     "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
     "use cookies",
@@ -423,6 +397,36 @@ def boilerplate_lines(stripped: pl.Series) -> pl.Series:
     return pl.Series(out)
 
 
+# Markdown structure the document rules were not made for. Gopher's, FineWeb's and the repetition
+# rules were tuned on web prose: to them a code block's lines are short lines without terminal
+# punctuation and a table's cells are "words" without letters, so a README with a code block or a
+# table failed `short_lines` or `gopher_alpha_words`. They read the document's prose view: the
+# text without its fenced code blocks (as normalize sees them) and table rows, unless nothing
+# with a letter is left.
+_TABLE_ROW = r"^[ \t]*\|.*\|[ \t]*$"
+
+
+def prose_view(texts: pl.Series) -> pl.Series:
+    """`texts` without fenced code blocks and Markdown table rows; a text with no letter or digit
+    left (all code, say) is its own prose view."""
+    texts = texts.fill_null("")
+    # only the texts that can hold a fence or a table row (few, in web text) are cut into lines
+    marked = texts.str.contains_any(["```", "~~~", "|"]).fill_null(False).arg_true()
+    if len(marked) == 0:
+        return texts
+    some = texts.gather(marked)
+    lines = pl.DataFrame({"doc": pl.int_range(len(some), eager=True), "line": some.str.split("\n")}).explode("line")
+    structure = fenced_lines(lines, "line") | lines["line"].fill_null("").str.contains(_TABLE_ROW)
+    prose = (
+        lines.with_columns(structure=structure).group_by("doc", maintain_order=True)
+        .agg(pl.col("line").filter(~pl.col("structure")).str.join("\n"))["line"]
+        .str.replace_all(r"\n{3,}", "\n\n").str.strip_chars()
+    )
+    has_words = prose.str.contains(r"[\p{L}\p{N}]")
+    chosen = pl.select(pl.when(has_words).then(prose).otherwise(some)).to_series()
+    return texts.clone().scatter(marked, chosen)
+
+
 def clean_lines(
     texts: pl.Series,
     *,
@@ -466,14 +470,8 @@ def clean_lines(
     # a shared sub-expression (the regexes) once for each expression that uses it
     lines = lines.with_columns(stripped=stripped, blank=stripped.str.len_chars() == 0)
     # a fenced code block's lines (fences included) are code, not prose: no rule cuts them
-    # and nothing in them is rewritten (`arr[1]` is not a citation). Most batches of web text
-    # hold no fence at all: then nothing is code, without a regex over every line.
-    if texts.str.contains_any(["```", "~~~"]).any():
-        fence = line.str.contains(CODE_FENCE_LINE).cast(pl.Int32)
-        fences_before = fence.cum_sum().over("doc") - fence
-        lines = lines.with_columns(in_code=(fence == 1) | (fences_before % 2 == 1))
-    else:
-        lines = lines.with_columns(in_code=pl.lit(False))
+    # and nothing in them is rewritten (`arr[1]` is not a citation)
+    lines = lines.with_columns(in_code=fenced_lines(lines, "line"))
     stripped, blank, in_code = pl.col("stripped"), pl.col("blank"), pl.col("in_code")
 
     # rules that C4 applies before its document rules

@@ -171,6 +171,7 @@ from rich.console import Console
 from nonllama.pipeline.driver import run_shard_stage
 from nonllama.pipeline.executors import Executor
 from nonllama.pipeline.io import StageRun
+from nonllama.pipeline.markdown import fenced_lines
 
 __all__ = ["NormalizeConfig", "config_from_dict", "config_to_dict", "normalize_texts"]
 
@@ -406,7 +407,6 @@ _CLAUSE_ENDS = r"[\x{FF0C}\x{3001}\x{FF1A}]+|[,:]\s+"
 _SPACE_RUNS = r"\s+"
 
 # --- structure: which lines are code or Markdown structure (see `_classify_lines`)
-_FENCE = r"^ {0,3}(?:`{3,}[^`]*|~{3,}.*)$"  # a backtick fence's info string has no backtick
 _BLANK = r"^\s*$"
 _INDENTED = r"^(?: {0,3}\t| {4})"
 _LIST_ITEM = r"^[ \t]*(?:[-*+\x{2022}]|[0-9]{1,9}[.)])[ \t]+\S"
@@ -667,14 +667,12 @@ def _classify_lines(lines: pl.DataFrame) -> pl.DataFrame:
     """Add what each line is, from the raw lines of the documents, with polars window expressions.
 
     - `code`: a line of a fenced code block (``` or ~~~ fence lines and every line between an
-      opening and a closing fence: the lines after an odd number of fence lines, counted with a
-      cumulative sum per document; an unclosed fence runs to the end of the document, as in
-      CommonMark) or of an indented code block (a line indented by a tab or 4 spaces after a
+      opening and a closing fence: :func:`nonllama.pipeline.markdown.fenced_lines`, which
+      filter asks too) or of an indented code block (a line indented by a tab or 4 spaces after a
       blank line or at the start of the document, as in CommonMark, where an indented line
       right after a paragraph line continues the paragraph). Code lines are left exactly as
       they are by every rule: indentation, spaces, tabs, symbol-only lines (`}`, a closing
-      fence) and full-width characters are content there. Not modelled: a fence of the other
-      kind or a longer fence inside a block (```` inside ~~~) closes it here.
+      fence) and full-width characters are content there.
     - `indent`: the leading spaces and tabs of a Markdown structure line (list item, heading,
       block quote, table row, and an indented line continuing a list item), kept as they are;
       '' for other lines (a paragraph's indent, e.g. the `　　` of Chinese text, is removed).
@@ -685,15 +683,7 @@ def _classify_lines(lines: pl.DataFrame) -> pl.DataFrame:
     """
     text = pl.col("text")
     # the window computations run only where a batch has lines of that kind: most prose has none
-    fence = lines["text"].str.contains(_FENCE)
-    if fence.any():
-        fences = pl.col("fence").cast(pl.Int32)
-        # inside a block: after an odd number of fence lines of the document
-        lines = lines.with_columns(fence=fence).with_columns(
-            fenced=pl.col("fence") | ((fences.cum_sum() - fences) % 2 == 1).over("doc")
-        )
-    else:
-        lines = lines.with_columns(fenced=pl.lit(False))
+    lines = lines.with_columns(fenced=fenced_lines(lines, "text"))
     lines = lines.with_columns(list_item=text.str.contains(_LIST_ITEM))
     indented = lines["text"].str.contains(_INDENTED) & ~lines["text"].str.contains(_BLANK) & ~lines["fenced"]
     if indented.any():
