@@ -49,8 +49,8 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Processes on this machine: ``workers - 1`` helper processes (started at the first pass with
-    more than one task, kept for every later pass until `close`) and this process."""
+    """Processes on this machine: ``workers - 1`` helper processes (started by `start`, or at the
+    first pass with more than one task; kept for every later pass until `close`) and this process."""
 
     kind = "local"
 
@@ -149,24 +149,22 @@ class RayExecutor:
 
         if self._counter is not None:
             return
-        if ray.is_initialized():
-            self._counter = ray.remote(num_cpus=0)(_ProgressCounter).remote()
-            return
-        # every task uses one CPU: polars must not start a thread per core inside it
-        runtime_env = {"env_vars": {"POLARS_MAX_THREADS": "1", "NONLLAMA_NO_PROGRESS": "1"}}
-        options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR,
-                                   "log_to_driver": True, "runtime_env": runtime_env}
-        try:
-            if self.address:
-                ray.init(address=self.address, **options)
-            else:  # "local": a new instance, even where a cluster already runs on this machine
-                ray.init(address="local", num_cpus=self.workers, **options)
-        except Exception as e:  # noqa: BLE001 - Ray raises several kinds (connection, authentication, ...)
-            where = f"--ray-address {self.address}" if self.address else "a local Ray instance"
-            raise StageError(f"{where}: cannot connect ({' '.join(str(e).split())[:200]})") from None
-        self._started_here = True
-        self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self._counter = ray.remote(num_cpus=0)(_ProgressCounter).remote()
+        if not ray.is_initialized():
+            # every task uses one CPU: polars must not start a thread per core inside it
+            runtime_env = {"env_vars": {"POLARS_MAX_THREADS": "1", "NONLLAMA_NO_PROGRESS": "1"}}
+            options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR,
+                                       "log_to_driver": True, "runtime_env": runtime_env}
+            try:
+                if self.address:
+                    ray.init(address=self.address, **options)
+                else:  # "local": a new instance, even where a cluster already runs on this machine
+                    ray.init(address="local", num_cpus=self.workers, **options)
+            except Exception as e:  # noqa: BLE001 - Ray raises several kinds (connection, authentication, ...)
+                where = f"--ray-address {self.address}" if self.address else "a local Ray instance"
+                raise StageError(f"{where}: cannot connect ({' '.join(str(e).split())[:200]})") from None
+            self._started_here = True
+            self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._counter = ray.remote(num_cpus=0)(_ProgressCounter).remote()  # one for every pass
 
     def map(self, fn: Callable[[Any, Reporter], Any], tasks: Sequence[Any], *, label: str,
             total_docs: int | None, on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
