@@ -9,8 +9,9 @@ import re
 
 import polars as pl
 import pytest
+from test_filter import batch, decide
 
-from nonllama.pipeline.filter import FilterConfig, config_from_dict, filter_batch
+from nonllama.pipeline.filter import FilterConfig, filter_batch
 from nonllama.pipeline.filter_rules import (
     JIEBA_BLOCK,
     LINE_CUT_REASONS,
@@ -35,22 +36,6 @@ ZH_NEWS = (
     "总值超过15亿美元。春节将至，黄山景色情景交融，游客比去年同期增加三成。"
 )
 ZH_FLAGGED = "警方通报：该网站长期传播色情视频，并以裸聊为名诈骗，已被依法查处。"
-
-
-def batch(*texts: str) -> pl.DataFrame:
-    return pl.DataFrame({
-        "id": [f"d{i}" for i in range(len(texts))],
-        "text": list(texts),
-        "source": ["test"] * len(texts),
-        "meta": ["{}"] * len(texts),
-    })
-
-
-def decide(*texts: str, **config) -> list[str | None]:
-    """The drop reason of each text (None: kept), in order."""
-    kept, removed = filter_batch(batch(*texts), config_from_dict(config))
-    reasons = dict(zip(removed["id"], removed["drop_reason"], strict=True))
-    return [reasons.get(f"d{i}") for i in range(len(texts))]
 
 
 def clean(*texts: str, **rules) -> pl.DataFrame:

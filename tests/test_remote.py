@@ -306,8 +306,10 @@ def gets(fake_hub, name: str) -> list[dict]:
     return fake_hub.answered(f"/files/{name}", "GET")
 
 
-def interrupt(fake_hub, url: str, cache, name: str) -> None:
-    """Fetch until the server hangs up half-way: a .part of half the file is left."""
+def interrupted_file(fake_hub, cache, name: str, **options) -> str:
+    """Serve BODY as `name` (`options`: the stand-in server's, e.g. which validators it sends) and
+    fetch it until the server hangs up half-way: a .part of half the file is left. Its URL."""
+    url = fake_hub.add_file(name, BODY, **options)
     fake_hub.files[name].cut_at = HALF
     with pytest.raises(SourceError) as excinfo:
         fetch_url(url, cache)
@@ -316,6 +318,7 @@ def interrupt(fake_hub, url: str, cache, name: str) -> None:
     [part] = cache.glob("*.part")
     assert part.stat().st_size == HALF and not list(cache.glob(f"*-{name}"))
     fake_hub.files[name].cut_at = None  # the network is back
+    return url
 
 
 def test_fetch_url_downloads_and_caches(fake_hub, tmp_path):
@@ -343,10 +346,7 @@ def test_fetch_url_downloads_and_caches(fake_hub, tmp_path):
 @pytest.mark.parametrize("validator", ["ETag", "Last-Modified"])
 def test_interrupted_download_resumes_with_if_range(fake_hub, tmp_path, validator):
     name = "flaky.bin"
-    url = fake_hub.add_file(
-        name, BODY, etag=validator == "ETag", last_modified=validator == "Last-Modified"
-    )
-    interrupt(fake_hub, url, tmp_path, name)
+    url = interrupted_file(fake_hub, tmp_path, name, etag=validator == "ETag", last_modified=validator == "Last-Modified")
 
     calls = []
     assert fetch_url(url, tmp_path, lambda d, t: calls.append((d, t))).read_bytes() == BODY
@@ -361,10 +361,7 @@ def test_interrupted_download_resumes_with_if_range(fake_hub, tmp_path, validato
 @pytest.mark.parametrize("validator", ["ETag", "Last-Modified"])
 def test_file_changed_during_an_interruption_comes_whole(fake_hub, tmp_path, validator):
     name = "moving.bin"
-    url = fake_hub.add_file(
-        name, BODY, etag=validator == "ETag", last_modified=validator == "Last-Modified"
-    )
-    interrupt(fake_hub, url, tmp_path, name)
+    url = interrupted_file(fake_hub, tmp_path, name, etag=validator == "ETag", last_modified=validator == "Last-Modified")
     fake_hub.change_file(name, NEW_BODY)
 
     local = fetch_url(url, tmp_path)
@@ -378,8 +375,7 @@ def test_file_changed_during_an_interruption_comes_whole(fake_hub, tmp_path, val
 def test_a_range_of_another_version_is_refused(fake_hub, tmp_path):
     """A server that ignores If-Range sends a range of the changed file; its ETag gives it away."""
     name = "broken.bin"
-    url = fake_hub.add_file(name, BODY, if_range=False)
-    interrupt(fake_hub, url, tmp_path, name)
+    url = interrupted_file(fake_hub, tmp_path, name, if_range=False)
     fake_hub.change_file(name, NEW_BODY)
 
     assert fetch_url(url, tmp_path).read_bytes() == NEW_BODY
@@ -416,8 +412,7 @@ def test_refetch_before_fetches_an_unchanged_file_again(fake_hub, tmp_path):
 
 def test_a_server_without_validators_is_judged_by_size(fake_hub, tmp_path):
     name = "bare.bin"
-    url = fake_hub.add_file(name, BODY, etag=False, last_modified=False)
-    interrupt(fake_hub, url, tmp_path, name)
+    url = interrupted_file(fake_hub, tmp_path, name, etag=False, last_modified=False)
     # resumed with no If-Range to send: the 206's total size is checked instead
     assert fetch_url(url, tmp_path).read_bytes() == BODY
     resumed = gets(fake_hub, name)[-1]
@@ -434,8 +429,7 @@ def test_a_server_without_validators_is_judged_by_size(fake_hub, tmp_path):
 
 def test_a_server_without_validators_changed_during_an_interruption(fake_hub, tmp_path):
     name = "bare.bin"
-    url = fake_hub.add_file(name, BODY, etag=False, last_modified=False)
-    interrupt(fake_hub, url, tmp_path, name)
+    url = interrupted_file(fake_hub, tmp_path, name, etag=False, last_modified=False)
     longer = NEW_BODY + b"appended"
     fake_hub.change_file(name, longer)
 
@@ -486,8 +480,7 @@ def test_a_part_of_unknown_version_is_not_resumed(fake_hub, tmp_path):
 
 def test_fetch_url_restarts_when_the_server_ignores_range(fake_hub, tmp_path):
     name = "norange.txt"
-    url = fake_hub.add_file(name, BODY, ranges=False)
-    interrupt(fake_hub, url, tmp_path, name)
+    url = interrupted_file(fake_hub, tmp_path, name, ranges=False)
     assert fetch_url(url, tmp_path).read_bytes() == BODY
     assert gets(fake_hub, name)[-1]["status"] == 200
 
