@@ -263,6 +263,15 @@ def _lock_info(path: Path) -> dict | None:
     return info if isinstance(info, dict) else None
 
 
+def _holder_info(path: Path, wait_s: float = 2.0) -> dict | None:
+    """Who holds a flock-ed lock file: its holder writes its info just after taking the flock, so
+    a run refused in that instant waits briefly for it rather than naming "another process"."""
+    deadline = time.monotonic() + wait_s
+    while (info := _lock_info(path)) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return info
+
+
 def _start_ticks(pid: int) -> int | None:
     """When a process started (clock ticks since boot), to tell a reused pid apart; None off Linux."""
     try:
@@ -324,7 +333,7 @@ class DirLock:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     os.close(fd)
-                    raise StageError(f"{self.what} {self.directory} is in use by {_describe_holder(_lock_info(self.path))}: "
+                    raise StageError(f"{self.what} {self.directory} is in use by {_describe_holder(_holder_info(self.path))}: "
                                      "wait for it to finish (or stop it), then run again") from None
                 try:  # the file we locked may have been removed by its holder meanwhile: lock the new one
                     if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
@@ -345,8 +354,9 @@ class DirLock:
             info = {"stage": self.stage, "pid": os.getpid(), "host": socket.gethostname(),
                     "start_ticks": _start_ticks(os.getpid()), "started": time.time(),
                     "command": " ".join(["nonllama", *sys.argv[1:]])}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+            data = (json.dumps(info) + "\n").encode()
+            os.pwrite(fd, data, 0)  # written before the truncation, so a reader never sees it empty
+            os.ftruncate(fd, len(data))
             self._fd = fd
             return self
         raise StageError(f"{self.what} {self.directory}: could not take its lock {self.path} (it keeps changing)")
