@@ -304,12 +304,15 @@ def run_shard_stage(
     console: Console | None = None,
     count_batch: BatchCounter | None = None,
     dependencies: dict[str, str] | None = None,
+    then: Callable[[StageContext, dict], dict] | None = None,
 ) -> StageRun:
     """Drive a stage that maps input part i to output part i (and side part i).
 
     `transform` (and `count_batch`, whose counters are summed into the manifest's
     `stage_counts`) must be picklable (a module-level function or a functools.partial of
-    one): tasks run in other processes.
+    one): tasks run in other processes. `then(ctx, section)`: more passes after the shard pass
+    (through `ctx.map`), given the manifest section; returns it, updated (rewritten parts
+    described anew, its own entries added). The filter's perplexity buckets are such passes.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     inp = open_input(input_dir, stage=stage, verify=verify_input)
@@ -322,8 +325,9 @@ def run_shard_stage(
         ]
         results: list[ShardResult] = ctx.map(process_shard, tasks, label=stage, total_docs=inp.rows)
         counts = merge_counts(results, f"{stage} {input_dir} -> {output_dir}")
-        return document_section(counts, [r.part for r in results], side_dir_name,
-                                [r.side_part for r in results if r.side_part])
+        section = document_section(counts, [r.part for r in results], side_dir_name,
+                                   [r.side_part for r in results if r.side_part])
+        return then(ctx, section) if then is not None else section
 
     job = StageJob(stage, config, output_dir, [input_dir],
                    {"dir": str(input_dir), "stage": inp.stage, "digest": inp.digest}, work, dependencies or {})

@@ -30,27 +30,45 @@ in the third column; defaults in `FilterConfig`):
 | 10| short_lines                            | short_lines        | ratio > short_lines_max_ratio           |
 | 11| fineweb_line_punct ... fineweb_newline_ratio | fineweb_quality | FineWeb quality                   |
 | 12| stop_words                             | stop_words (off)   | ratio < stop_words_min_ratio            |
+| 13| perplexity                             | perplexity_run or  | perplexity > max_perplexity (0: 1400 for|
+|   |                                        | perplexity_model   | KenLM, no threshold for a run)          |
+|   |                                        | (off: none given)  |                                         |
 
 Why this order: line cleaning runs first because every other rule judges the cleaned text; then
 the cheap, unambiguous reasons (nothing there, not a wanted language, adult content) so that a
 document that fails several rules is reported under the most telling one; repetition before the
 "shape" rules (Gopher quality, short lines, FineWeb) because spam fails both and "repetition"
-says more; stop words, off by default, last.
+says more; stop words, off by default, then perplexity: it runs a language model over the text,
+the most expensive value by far, so it is measured only on the documents every other rule kept
+(null for the others), except with `stats_only`, where every document is scored.
+
+Perplexity (`nonllama.pipeline.perplexity`): a reference model scores each (cleaned) document;
+`perplexity` and `bits_per_byte` go into `filter_values`. The model is a nonllama run
+(`perplexity_run`, a small model trained on clean text) or a KenLM model with SentencePiece
+pre-tokenization as in CCNet (`perplexity_model`). Instead of a threshold, `perplexity_buckets`
+(two quantiles, CCNet's [0.33, 0.66]) gives each kept document a `ppl_bucket` column, head /
+middle / tail by its source's quantiles, and drops nothing: two more passes after the shard pass
+(per-part histograms of log perplexity, summed in the driver into cut points per source, then
+each kept part rewritten with the column; `perplexity_bucket_passes`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+import os
+import re
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 from rich.console import Console
 
-from nonllama.pipeline.driver import run_shard_stage
+from nonllama.pipeline.driver import StageContext, run_shard_stage
 from nonllama.pipeline.executors import Executor
 from nonllama.pipeline.filter_rules import (
     GOPHER_DUP_NS,
@@ -62,10 +80,34 @@ from nonllama.pipeline.filter_rules import (
     VALUE_FIELDS,
     clean_lines,
     data_dependencies,
+    file_digest,
     prose_view,
     rule_values,
 )
-from nonllama.pipeline.io import StageRun, list_parts, read_manifest
+from nonllama.pipeline.io import (
+    PartWriter,
+    Reporter,
+    StageRun,
+    describe_part,
+    iter_part_batches,
+    list_parts,
+    output_digest,
+    read_manifest,
+)
+from nonllama.pipeline.perplexity import (
+    BUCKET_NAMES,
+    KENLM_MAX_PERPLEXITY,
+    LogHistogram,
+    ModelFiles,
+    bin_edge,
+    bucket_of,
+    cut_bins,
+    merge_histograms,
+    require_kenlm,
+    resolve_kenlm,
+    resolve_run,
+    scorer,
+)
 
 STAGE = "filter"
 SIDE_DIR = "rejected"
@@ -146,6 +188,13 @@ class FilterConfig:
     # 12. stop words (recorded always; a rule only when switched on)
     stop_words: bool = False
     stop_words_min_ratio: float = 0.06
+    # 13. perplexity under a reference model (off unless one is given; see the module docstring)
+    perplexity_run: str = ""  # a run directory `nonllama train` wrote
+    perplexity_model: str = ""  # or a KenLM model (.arpa or .bin)
+    perplexity_tokenizer: str = ""  # the KenLM model's SentencePiece model [default: CCNet's <lang>.sp.model beside it]
+    max_perplexity: float = 0.0  # 0: 1400 for a KenLM model (CCNet), none for a run
+    perplexity_buckets: list[float] = field(default_factory=list)  # e.g. [0.33, 0.66]: head / middle / tail
+    perplexity_batch_tokens: int = 4096  # padded tokens per forward pass of a run's model
     # compute and record every value, drop nothing (`--stats-only`)
     stats_only: bool = False
 
@@ -179,6 +228,42 @@ class FilterConfig:
         if self.language and not self.languages:
             raise ValueError("filter config 'languages': empty list; set `language = false` to keep every language")
         check_language_codes(self.languages, "filter config 'languages'")
+        self._validate_perplexity()
+
+    @property
+    def perplexity(self) -> bool:
+        """Whether the perplexity rule is on (a model is given)."""
+        return bool(self.perplexity_run or self.perplexity_model)
+
+    def effective_max_perplexity(self) -> float | None:
+        """The threshold the rule drops above, or None (values recorded, nothing dropped by it)."""
+        if not self.perplexity:
+            return None
+        if self.max_perplexity > 0:
+            return self.max_perplexity
+        return KENLM_MAX_PERPLEXITY if self.perplexity_model and not self.perplexity_buckets else None
+
+    def _validate_perplexity(self) -> None:
+        for key in ("perplexity_run", "perplexity_model", "perplexity_tokenizer"):
+            if not isinstance(getattr(self, key), str):
+                raise ValueError(f"filter config {key!r} = {getattr(self, key)!r}: must be a path (a string)")
+        if self.perplexity_run and self.perplexity_model:
+            raise ValueError("filter config: --perplexity-run and --perplexity-model both given "
+                             "(perplexity_run, perplexity_model): score with one model")
+        if self.perplexity_tokenizer and not self.perplexity_model:
+            raise ValueError("filter config 'perplexity_tokenizer' (--perplexity-tokenizer) is the SentencePiece "
+                             "model of a KenLM model: give --perplexity-model too (a run has its own tokenizer)")
+        buckets = self.perplexity_buckets
+        if not isinstance(buckets, (list, tuple)) or not all(
+                isinstance(q, (int, float)) and not isinstance(q, bool) for q in buckets):
+            raise ValueError(f"filter config 'perplexity_buckets' = {buckets!r}: must be a list of two quantiles")
+        if buckets and (len(buckets) != len(BUCKET_NAMES) - 1 or not 0 < buckets[0] < buckets[1] < 1):
+            raise ValueError(f"filter config 'perplexity_buckets' = {list(buckets)!r}: must be two increasing "
+                             "quantiles in (0, 1), the head / middle and middle / tail cuts (CCNet: 0.33, 0.66)")
+        if not self.perplexity and (buckets or self.max_perplexity):
+            what = "perplexity_buckets" if buckets else "max_perplexity"
+            raise ValueError(f"filter config {what!r}: no model to score with; give --perplexity-run "
+                             "or --perplexity-model")
 
 
 # Allowed range of every number of FilterConfig: (lowest, highest, what it is). Shares and
@@ -228,6 +313,8 @@ _RANGES: dict[str, tuple[float, float, str]] = {
     # newlines per word: blank lines make it exceed 1, so a threshold above 1 is possible
     "fineweb_max_newline_ratio": (0.0, math.inf, "newlines per word"),
     "stop_words_min_ratio": (0.0, 1.0, "a share of words"),
+    "max_perplexity": (0.0, math.inf, "a perplexity; 0: 1400 for a KenLM model, none for a run"),
+    "perplexity_batch_tokens": (1, math.inf, "tokens"),
 }
 
 
@@ -278,24 +365,27 @@ def config_from_dict(d: dict) -> FilterConfig:
         named = ", ".join(f"{k!r}" + _did_you_mean(str(k), d[k], valid) for k in unknown)
         raise ValueError(f"unknown filter config key(s): {named}; `nonllama filter --show-config` lists every key")
     values: dict[str, Any] = {}
+    hints = typing.get_type_hints(FilterConfig)
     for key, value in d.items():
         default = valid[key]
-        if isinstance(default, bool):
+        if isinstance(default, str):
+            ok = isinstance(value, str)
+        elif isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, int):
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif isinstance(default, float):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             value = float(value) if ok else value
-        else:  # a list: of language codes, or of thresholds (one per n)
-            item = type(default[0])
+        else:  # a list: of language codes, of thresholds (one per n), of quantiles
+            item = typing.get_args(hints[key])[0]
             ok = isinstance(value, list) and all(
                 isinstance(v, str) if item is str else isinstance(v, (int, float)) and not isinstance(v, bool)
                 for v in value
             )
             if ok and item is float:
                 value = [float(v) for v in value]
-                if len(value) != len(default):
+                if default and len(value) != len(default):  # one per n
                     raise ValueError(f"filter config {key!r}: needs {len(default)} values, got {len(value)}")
         if not ok:
             raise ValueError(
@@ -326,8 +416,10 @@ def _type_name(default: Any) -> str:
     if isinstance(default, bool):
         return "true or false"
     if isinstance(default, list):
+        if not default:
+            return "a list of numbers"
         return f"a list of {len(default)} numbers" if not isinstance(default[0], str) else "a list of strings"
-    return type(default).__name__
+    return {str: "a string (a path)"}.get(type(default), type(default).__name__)
 
 
 def config_to_dict(config: FilterConfig) -> dict:
@@ -441,12 +533,15 @@ def first_failing_rule(values: pl.DataFrame, config: FilterConfig) -> pl.Series:
 # --------------------------------------------------------------------------------------- heart
 
 
-def filter_batch(batch: pl.DataFrame, config: FilterConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+def filter_batch(batch: pl.DataFrame, config: FilterConfig,
+                 models: ModelFiles | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One batch of documents -> (kept, rejected), both with the `filter_values` struct column.
 
     Kept rows carry the text after C4 line cleaning (when on); rejected rows keep their original
     text and get `drop_reason`. With `stats_only`, nothing is rejected and kept rows get
     `would_drop`: the reason the rules would have given (null when the document passes).
+    `models`: the perplexity rule's files as the stage resolved them (`model_files`); resolved
+    here from the config when not given.
     """
     config.validate()  # microseconds a batch; a bad threshold would decide every document wrongly
     texts = batch["text"].fill_null("")
@@ -487,6 +582,8 @@ def filter_batch(batch: pl.DataFrame, config: FilterConfig) -> tuple[pl.DataFram
             c4_empty=(new_texts.str.len_chars() == 0) & (texts.str.strip_chars().str.len_chars() > 0),
         )
     reason = first_failing_rule(values, config)
+    if config.perplexity:
+        values, reason = perplexity_rule(values, reason, new_texts, config, models or model_files(config))
     struct = values.select(pl.struct(list(VALUE_FIELDS)).alias(VALUES_COLUMN))[VALUES_COLUMN]
     lines_cut = lines_cut.alias(LINES_CUT_COLUMN)
     if config.stats_only:
@@ -498,6 +595,54 @@ def filter_batch(batch: pl.DataFrame, config: FilterConfig) -> tuple[pl.DataFram
     # (all of it, for empty_after_line_cleaning)
     rejected = batch.with_columns(struct, lines_cut, reason.alias("drop_reason")).filter(dropped)
     return kept, rejected
+
+
+def perplexity_rule(values: pl.DataFrame, reason: pl.Series, texts: pl.Series, config: FilterConfig,
+                    models: ModelFiles) -> tuple[pl.DataFrame, pl.Series]:
+    """Rule 13, last: the reference model scores the (cleaned) documents no other rule dropped
+    (every document with `stats_only`); returns the values with `perplexity` and `bits_per_byte`
+    filled in, and the reasons with `perplexity` for the documents above the threshold."""
+    n = values.height
+    todo = np.arange(n) if config.stats_only else np.flatnonzero(reason.is_null().to_numpy())
+    perplexity, bits = np.full(n, np.nan), np.full(n, np.nan)
+    if len(todo):
+        perplexity[todo], bits[todo] = scorer(models).score(texts.gather(todo).to_list())
+    values = values.with_columns(pl.Series("perplexity", perplexity).fill_nan(None),
+                                 pl.Series("bits_per_byte", bits).fill_nan(None))
+    limit = config.effective_max_perplexity()
+    if limit is not None:
+        fails = (values["perplexity"] > limit).fill_null(False)
+        reason = values.select(pl.when(reason.is_null() & fails).then(pl.lit("perplexity"))
+                               .otherwise(reason).alias("reason"))["reason"]
+    return values, reason
+
+
+def model_files(config: FilterConfig, *, threads: int = 1) -> ModelFiles:
+    """The files the perplexity rule reads, checked (FileNotFoundError or StageError naming the
+    option): a run's latest checkpoint and its tokenizer, or a KenLM model and its SentencePiece
+    model. `threads`: torch threads per worker."""
+    batch = config.perplexity_batch_tokens
+    if config.perplexity_run:
+        checkpoint, tokenizer = resolve_run(Path(config.perplexity_run))
+        return ModelFiles("run", str(checkpoint), str(tokenizer), threads, batch)
+    require_kenlm()
+    model, sp = resolve_kenlm(Path(config.perplexity_model),
+                              Path(config.perplexity_tokenizer) if config.perplexity_tokenizer else None)
+    return ModelFiles("kenlm", str(model), str(sp), threads, batch)
+
+
+def absolute_model_paths(config: FilterConfig) -> FilterConfig:
+    """The config with its model paths absolute: tasks run in other processes and, under Ray,
+    in other directories of other nodes (the manifest records where the model was)."""
+    keys = ("perplexity_run", "perplexity_model", "perplexity_tokenizer")
+    return replace(config, **{k: os.path.abspath(getattr(config, k)) for k in keys if getattr(config, k)})
+
+
+def worker_threads(executor: Executor | None, workers: int) -> int:
+    """torch threads per worker: a Ray task has one CPU; local workers share this machine's cores."""
+    if executor is not None and executor.kind == "ray":
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) // max(1, executor.workers if executor is not None else workers))
 
 
 # --------------------------------------------------------------------------------------- stage
@@ -547,27 +692,111 @@ def run_filter(
     line cleaning removed from the kept documents (`line_cleaning_counts`).
     """
     config.validate()  # before any data is read
+    models = None
+    if config.perplexity:  # the model files too: a missing one is said before any data is read
+        config = absolute_model_paths(config)
+        models = model_files(config, threads=worker_threads(executor, workers))
     return run_shard_stage(
         stage=STAGE,
         input_dir=input_dir,
         output_dir=output_dir,
         side_dir_name=SIDE_DIR,
         config=config_to_dict(config),
-        transform=partial(filter_batch, config=config),
+        transform=partial(filter_batch, config=config, models=models),
         workers=workers,
         executor=executor,
         force=force,
         verify_input=verify_input,
         console=console,
         count_batch=line_cleaning_counts,
-        dependencies=dependencies(config),
+        dependencies=dependencies(config, models),
+        then=partial(perplexity_bucket_passes, quantiles=config.perplexity_buckets) if config.perplexity_buckets else None,
     )
 
 
-def dependencies(config: FilterConfig) -> dict[str, str]:
-    """The data files this config's rules read (word lists, the fastText model): their sha256,
-    recorded in the manifest, so that a changed file makes the stage rerun, not "up to date"."""
-    return data_dependencies(needed_values(config))
+def dependencies(config: FilterConfig, models: ModelFiles | None = None) -> dict[str, str]:
+    """The data files this config's rules read (word lists, the fastText model, the perplexity
+    rule's model and tokenizer): their sha256, recorded in the manifest, so that a changed file
+    (a retrained reference run) makes the stage rerun, not "up to date"."""
+    deps = data_dependencies(needed_values(config))
+    if models is not None:
+        keys = ("perplexity_run", "perplexity_run") if models.kind == "run" else ("perplexity_model", "perplexity_tokenizer")
+        for key, path in zip(keys, (models.model, models.tokenizer), strict=True):
+            deps[f"{key}:{Path(path).name}"] = file_digest(Path(path))
+    return deps
+
+
+# --------------------------------------------------------------------------------------- buckets
+
+BUCKET_COLUMN = "ppl_bucket"
+
+
+def part_log_histogram(part: Path, report: Reporter) -> LogHistogram:
+    """Pass 2 of the buckets, one kept part: per source, a histogram of log(perplexity). Only
+    two columns are read (the perplexity is one leaf of the `filter_values` struct)."""
+    table = pq.read_table(part, columns=["source", f"{VALUES_COLUMN}.perplexity"])
+    if not table.num_rows:
+        return LogHistogram({})
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    if VALUES_COLUMN in frame.columns:  # pyarrow gives the leaf as a column, or in its struct
+        frame = frame.unnest(VALUES_COLUMN)
+    report(frame.height, 0)
+    return LogHistogram.of(frame["source"].fill_null("").to_numpy(),
+                           frame["perplexity"].cast(pl.Float64).fill_null(np.nan).to_numpy())
+
+
+def bucket_part(task: tuple[Path, dict[str, list[int]]], report: Reporter) -> dict:
+    """Pass 3, one kept part: rewritten with `ppl_bucket` (head / middle / tail by its source's
+    cut bins; null without a perplexity), through a temporary file and a rename. A column left by
+    an earlier, interrupted rewrite is replaced, so a rerun writes the same bytes. Returns the
+    part as the manifest lists it."""
+    path, cuts = task
+    writer = PartWriter(path)
+    try:
+        for batch in iter_part_batches(path):
+            batch = batch.drop(BUCKET_COLUMN, strict=False)
+            perplexity = batch[VALUES_COLUMN].struct.field("perplexity").cast(pl.Float64).fill_null(np.nan).to_numpy()
+            sources = batch["source"].fill_null("").to_numpy()
+            buckets: list[str | None] = [None] * batch.height
+            for source in np.unique(sources):
+                rows = np.flatnonzero(sources == source)
+                if str(source) in cuts:
+                    for row, bucket in zip(rows, bucket_of(perplexity[rows], cuts[str(source)]), strict=True):
+                        buckets[row] = bucket
+            writer.write(batch.with_columns(pl.Series(BUCKET_COLUMN, buckets, dtype=pl.String)))
+            report(batch.height, int(batch["text"].str.len_bytes().sum() or 0))
+        written = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    assert written is not None
+    return describe_part(written, writer.rows, writer.chars)
+
+
+def perplexity_bucket_passes(ctx: StageContext, section: dict, *, quantiles: list[float]) -> dict:
+    """CCNet's buckets after the shard pass: histograms of every kept part (a task each), summed
+    here into per-source cut points (`perplexity_buckets` in the manifest), then every kept part
+    rewritten with `ppl_bucket` (a task each; its new size and checksum in the manifest)."""
+    parts = [ctx.output_dir / p["name"] for p in section["parts"] if p["rows"]]
+    histograms = ctx.map(part_log_histogram, parts, label="perplexity quantiles", total_docs=section["rows_out"])
+    merged = merge_histograms(histograms)
+    cuts = {source: cut_bins(h, quantiles) for source, h in merged.items()}
+    described = ctx.map(bucket_part, [(p, cuts) for p in parts], label="perplexity buckets",
+                        total_docs=section["rows_out"])
+    by_name = {d["name"]: d for d in described}
+    section["parts"] = [by_name.get(p["name"], p) for p in section["parts"]]
+    section["output_digest"] = output_digest(section["parts"])
+    buckets = {}
+    for source, h in merged.items():
+        edges = [0, *(c + 1 for c in cuts[source]), len(h)]
+        buckets[source] = {
+            "quantiles": list(quantiles),
+            "cut_points": [round(bin_edge(c), 4) for c in cuts[source]],
+            "documents": {name: int(h[a:b].sum()) for name, a, b in zip(BUCKET_NAMES, edges, edges[1:], strict=False)},
+        }
+    section["perplexity_buckets"] = buckets
+    return section
 
 
 # --------------------------------------------------------------------------------------- report
@@ -598,20 +827,21 @@ def draw_report(filtered_dir: Path, report_dir: Path, config: FilterConfig) -> l
 
     plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
     filtered_dir, report_dir = Path(filtered_dir), Path(report_dir)
-    if read_manifest(filtered_dir) is None:
+    manifest = read_manifest(filtered_dir)
+    if manifest is None:
         raise FileNotFoundError(f"{filtered_dir}: no finished filter output; run `nonllama filter` first")
 
     def values_of(parts: list[Path]) -> pl.DataFrame:
-        frames = [pl.read_parquet(p, columns=[VALUES_COLUMN]).unnest(VALUES_COLUMN) for p in parts]
+        frames = [pl.read_parquet(p, columns=[VALUES_COLUMN, "source"]).unnest(VALUES_COLUMN) for p in parts]
         frames = [f for f in frames if f.height]
         return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
     groups = {"kept": values_of(list_parts(filtered_dir)), "rejected": values_of(list_parts(filtered_dir / SIDE_DIR))}
     report_dir.mkdir(parents=True, exist_ok=True)
     marks = thresholds(config)
-    written = []
+    written = _draw_perplexity(groups, manifest, config, report_dir)
     for name in VALUE_FIELDS:
-        if name == "lang" or not any(name in g.columns for g in groups.values()):
+        if name in ("lang", "perplexity") or not any(name in g.columns for g in groups.values()):
             continue
         data = {k: (g[name].drop_nulls().cast(pl.Float64).to_numpy() if name in g.columns else np.zeros(0))
                 for k, g in groups.items()}
@@ -641,8 +871,9 @@ def draw_report(filtered_dir: Path, report_dir: Path, config: FilterConfig) -> l
             # stepfilled: one polygon per series, not a rectangle per bin
             ax.hist(series, bins=bins, stacked=True, histtype="stepfilled", label=list(data),
                     color=["#4c72b0", "#dd8452"])
-            ax.set_yscale("log")  # the documents a threshold decides about are the rare ones
-            ax.set_ylim(bottom=0.7)  # from one document up, even when every value shares a bin
+            if any(len(d) for d in series):  # (every count at 0: nothing to draw on a log axis)
+                ax.set_yscale("log")  # the documents a threshold decides about are the rare ones
+                ax.set_ylim(bottom=0.7)  # from one document up, even when every value shares a bin
             # plain tick labels: the default ones on a log axis go through mathtext, which
             # costs most of the drawing time
             for axis in (ax.xaxis, ax.yaxis) if name in COUNT_VALUES else (ax.yaxis,):
@@ -653,9 +884,60 @@ def draw_report(filtered_dir: Path, report_dir: Path, config: FilterConfig) -> l
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(name)
         ax.set_ylabel("documents")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a value no document has: nothing to label
+            ax.legend(fontsize=7)
         fig.subplots_adjust(left=0.13, right=0.97, bottom=0.15, top=0.9)  # fixed: tight_layout is slow
         path = report_dir / f"{name}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _draw_perplexity(groups: dict[str, pl.DataFrame], manifest: dict, config: FilterConfig,
+                     report_dir: Path) -> list[Path]:
+    """One histogram of perplexity per source (`perplexity-<source>.png`), on a log axis (a
+    perplexity is exp of a mean log-loss: its spread is multiplicative), kept and rejected
+    stacked, with the threshold or the source's bucket cut points marked. Sources apart: each
+    has its own scale (a reference model trained on English finds Chinese absurdly surprising)."""
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    def scored(g: pl.DataFrame) -> pl.DataFrame:
+        if "perplexity" not in g.columns:
+            return pl.DataFrame({"source": [], "perplexity": []}, schema={"source": pl.String, "perplexity": pl.Float64})
+        return g.select("source", pl.col("perplexity").cast(pl.Float64)).filter(pl.col("perplexity") > 0)
+
+    frames = {k: scored(g) for k, g in groups.items()}
+    sources = sorted(set().union(*(set(f["source"].drop_nulls()) for f in frames.values())))
+    limit = config.effective_max_perplexity()
+    buckets = manifest.get("perplexity_buckets", {})
+    written = []
+    for source in sources:
+        data = {k: f.filter(pl.col("source") == source)["perplexity"].to_numpy() for k, f in frames.items()}
+        every = np.concatenate(list(data.values()))
+        lines = [(limit, f"threshold {limit:g}")] if limit is not None else []
+        lines += [(c, f"{name} | {after} {c:,.4g}") for c, name, after in
+                  zip(buckets.get(source, {}).get("cut_points", []), BUCKET_NAMES, BUCKET_NAMES[1:], strict=False)]
+        lo = min(float(every.min()), *(v for v, _ in lines)) / 1.05
+        hi = max(float(every.max()), *(v for v, _ in lines)) * 1.05
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.hist(list(data.values()), bins=np.geomspace(lo, max(hi, lo * 1.1), 50), stacked=True,
+                histtype="stepfilled", label=list(data), color=["#4c72b0", "#dd8452"])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.7)
+        for axis in (ax.xaxis, ax.yaxis):  # plain labels: mathtext is slow
+            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(ticker.NullFormatter())
+        for value, label in lines:
+            ax.axvline(value, color="red", linestyle="--", label=label)
+        ax.set_title(f"perplexity of {source} ({len(every):,} documents scored)", fontsize=9)
+        ax.set_xlabel("perplexity (log scale)")
+        ax.set_ylabel("documents")
+        ax.legend(fontsize=7)
+        fig.subplots_adjust(left=0.13, right=0.97, bottom=0.15, top=0.9)
+        path = report_dir / f"perplexity-{re.sub(r'[^A-Za-z0-9_.-]+', '_', source)}.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
         written.append(path)

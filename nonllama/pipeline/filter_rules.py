@@ -590,6 +590,9 @@ VALUE_FIELDS: dict[str, pl.DataType] = {
     "dup_line_chars_ratio": pl.Float64(),
     "newline_ratio": pl.Float64(),
     "stop_words_ratio": pl.Float64(),
+    # measured by the filter's perplexity rule (nonllama.pipeline.perplexity), not here
+    "perplexity": pl.Float64(),
+    "bits_per_byte": pl.Float64(),
 }
 
 # Values computed together (one is needed: all are computed). The others are always computed.
