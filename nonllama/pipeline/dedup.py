@@ -26,7 +26,16 @@ their files under ``<output>/.work/scratch`` (kept across an interruption, remov
 5. the driver: connected components over the exact pairs and the similar pairs, streamed from
    the files a block at a time (:class:`nonllama.pipeline.minhash.UnionFind`: one int32 per
    document); per part, the removed rows with why and the global number of the document they
-   duplicate (``decisions-P.npy``), and per part the rows other parts name (``want-P.npy``).
+   duplicate (``decisions-P.npy``).
+   With ``--semantic`` (SemDeDup: :mod:`nonllama.pipeline.semantic`, which holds the code and
+   its account of memory), on the documents still kept: ``embed`` (a task per part: the embeddings
+   go to ``<output>/embeddings/part-P.parquet``, kept and listed in the manifest, and to a cache
+   that a rerun with another threshold reuses), k-means in the driver on a seeded sample,
+   ``assign`` (a task per part: nearest centroid, entries and vectors sorted by cluster shard) and
+   ``semantic`` (a task per range of clusters: in each cluster, greedy in (part, row) order, a
+   document whose cosine to an earlier kept one is above the threshold is removed); the driver
+   merges those removals into the decisions (``semantic_duplicate``, with ``cosine-P.npy``)
+   before the ids are resolved. Then, per part, the rows the decisions name (``want-P.npy``).
 6. ``ids`` (a task per group of parts): each part's ``id`` column, for the rows other parts
    name: ``ids-P.arrow``. With ``--paragraphs`` the same tasks count, per line key, in how many
    kept documents of the part it occurs (``lines-P.npy``, sorted by key range), and
@@ -35,7 +44,8 @@ their files under ``<output>/.work/scratch`` (kept across an interruption, remov
    its lines "frequent".
 7. ``write`` (a task per few parts): part i of the output holds the kept rows of input part i (with
    frequent lines cut); part i of ``removed/`` the others, with ``drop_reason``,
-   ``duplicate_of`` and ``jaccard``; a document the cuts leave empty is removed as
+   ``duplicate_of`` and ``jaccard`` (and with --semantic ``cosine``: set for the semantic
+   duplicates, whose ``jaccard`` is null); a document the cuts leave empty is removed as
    ``empty_after_paragraph_dedup``.
 
 The driver holds one int32 label per document (and for a moment one byte), the removed
@@ -50,12 +60,14 @@ the same input gives the same output whatever the executor and number of workers
 duplicate names in ``duplicate_of`` the first document with its exact text (``jaccard`` 1.0),
 which is the kept one unless that first copy is itself a near duplicate of an earlier
 document; a near duplicate names the kept document of its cluster, with ``jaccard`` the true
-Jaccard of their shingle sets (the MinHash estimate with ``--no-verify``).
+Jaccard of their shingle sets (the MinHash estimate with ``--no-verify``). A semantic duplicate
+names the kept document of its k-means cluster it is most similar to, with their cosine.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +79,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from nonllama.pipeline import minhash
+from nonllama.pipeline import semantic as semdedup
 from nonllama.pipeline.dirs import StageInput, open_input
 from nonllama.pipeline.driver import (
     ShardResult,
@@ -81,8 +94,10 @@ from nonllama.pipeline.executors import Executor
 from nonllama.pipeline.io import (
     DEFAULT_BATCH_ROWS,
     Reporter,
+    StageError,
     StageRun,
     atomic_path,
+    describe_part,
     document_section,
     list_parts,
     require_finished,
@@ -114,7 +129,7 @@ HISTOGRAM_BINS = 16384  # ranges of first documents that the verify blocks are p
 
 ENTRY = np.dtype([("key", "<u8"), ("row", "<u4")])  # 12 bytes
 DECISION = np.dtype([("row", "<u4"), ("reason", "u1"), ("target", "<i8")])
-REASONS = {1: EXACT, 2: NEAR}
+REASONS = {1: EXACT, 2: NEAR, 3: semdedup.SEMANTIC}
 
 
 @dataclass(frozen=True)
@@ -139,6 +154,20 @@ class DedupConfig:
     verify: bool = True
     paragraphs: bool = False
     paragraph_max_docs: int = 5  # a line in more documents than this is cut
+    # semantic dedup (SemDeDup: nonllama.pipeline.semantic), after exact and near dedup
+    semantic: bool = False
+    embedder: str = semdedup.DEFAULT_EMBEDDER  # a model directory or a Hub id
+    # cosine above which a document is a duplicate of an earlier kept one. Measured with all-MiniLM-L6-v2:
+    # rewrites that keep the sentences but swap many words (3-gram Jaccard 0.2-0.35, missed by MinHash)
+    # score 0.936-0.985 (tests/test_semantic.py); on TinyStories + WikiText paragraphs (../shared/corpora)
+    # the pairs at 0.90-0.92 were different stories sharing an opening sentence, those from 0.95 up true
+    # repeats; different documents on one topic score <= 0.55. 0.95 keeps a document when unsure (a
+    # duplicate left costs less than a unique document lost). SemDeDup (eps = 1 - threshold) picked
+    # eps for a share of data to drop; its smallest values (0.01-0.05) are this range.
+    semantic_threshold: float = 0.95
+    semantic_clusters: int = 0  # k-means clusters; 0: one per ~1,000 documents, at most semantic_sample / 39
+    semantic_sample: int = 100_000  # vectors the k-means is trained on
+    embed_batch: int = 64  # texts the embedder takes at once
 
     # (class constants, not fields: no annotation)
     # Tokens per shingle, at most. Published pipelines use 5 (datatrove) to 13 (SlimPajama,
@@ -152,6 +181,8 @@ class DedupConfig:
     # per permutation and document, and choosing (bands, rows) evaluates every pair with
     # bands x rows <= num_perm (0.3 GB and 2 s at 1024, growing faster than num_perm).
     MAX_NUM_PERM = 1024
+    MAX_SEMANTIC_SAMPLE = 10_000_000  # the driver holds it: 15 GB at 384 dimensions
+    MAX_EMBED_BATCH = 4096
 
     def __post_init__(self) -> None:
         self.validate()  # a DedupConfig is never out of range, however it was built
@@ -175,6 +206,20 @@ class DedupConfig:
             value = getattr(self, name)
             if value is not None and not 1 <= value <= self.num_perm:
                 raise ValueError(f"--{name} {value}: must be in [1, --num-perm {self.num_perm}]")
+        if not 0.0 < self.semantic_threshold < 1.0:
+            raise ValueError(f"--semantic-threshold {self.semantic_threshold:g}: must be in (0, 1) (a cosine similarity)")
+        if not semdedup.MIN_POINTS_PER_CENTROID <= self.semantic_sample <= self.MAX_SEMANTIC_SAMPLE:
+            raise ValueError(f"--semantic-sample {self.semantic_sample}: must be in "
+                             f"[{semdedup.MIN_POINTS_PER_CENTROID}, {self.MAX_SEMANTIC_SAMPLE:,}] (vectors k-means learns from)")
+        most = self.semantic_sample // semdedup.MIN_POINTS_PER_CENTROID
+        if not 0 <= self.semantic_clusters <= most:
+            raise ValueError(f"--semantic-clusters {self.semantic_clusters}: must be 0 (automatic) or in [1, {most}]: "
+                             f"faiss k-means wants {semdedup.MIN_POINTS_PER_CENTROID} sample vectors per cluster "
+                             f"(--semantic-sample {self.semantic_sample})")
+        if not 1 <= self.embed_batch <= self.MAX_EMBED_BATCH:
+            raise ValueError(f"--embed-batch {self.embed_batch}: must be in [1, {self.MAX_EMBED_BATCH}]")
+        if not self.embedder.strip():
+            raise ValueError("--embedder: must name a model directory or a Hugging Face Hub id")
         bands, rows = self.lsh
         if bands * rows > self.num_perm:
             raise ValueError(
@@ -581,14 +626,14 @@ def _exact_links(plan: Plan, uf: minhash.UnionFind) -> np.ndarray:
 
 def _decide(plan: Plan, uf: minhash.UnionFind, verify_blocks: int, parts: list[Path]) -> dict[str, int]:
     """Clusters from the similar pairs (streamed), then per part the removed rows, why, and the
-    document each duplicates; per part the rows other parts name. Returns the counts."""
+    document each duplicates (``decisions-P.npy``). Returns the counts."""
     for v in range(verify_blocks):
         pairs = _load(plan.file("similar", v))
         for lo in range(0, pairs.shape[1], UNION_PAIRS):
             uf.union(np.asarray(pairs[0, lo : lo + UNION_PAIRS]), np.asarray(pairs[1, lo : lo + UNION_PAIRS]))
     labels = uf.flatten()
     exact_pairs = [_load(plan.file("exactpairs", e)) for e in range(plan.exact_files)]
-    targets, roots = [], []
+    roots = []
     exact_total = 0
     for p in range(plan.parts):
         lo, hi = plan.offsets[p], plan.offsets[p + 1]
@@ -604,13 +649,8 @@ def _decide(plan: Plan, uf: minhash.UnionFind, verify_blocks: int, parts: list[P
         decisions = np.empty(len(removed), DECISION)
         decisions["row"], decisions["reason"], decisions["target"] = removed, reason, target
         _save(plan.file("decisions", p), decisions)
-        targets.append(target)
         roots.append(labels[lo:hi][removed])
         exact_total += int((reason == 1).sum())
-    wanted = minhash.distinct(np.concatenate(targets)) if targets else np.zeros(0, np.int64)
-    bounds = np.searchsorted(wanted, np.asarray(plan.offsets))
-    for q in range(plan.parts):
-        _save(plan.file("want", q), (wanted[bounds[q] : bounds[q + 1]] - plan.offsets[q]).astype(np.uint32))
     roots_all = np.sort(np.concatenate(roots)) if roots else np.zeros(0, np.int64)
     first = np.flatnonzero(np.concatenate([[True], roots_all[1:] != roots_all[:-1]])) if len(roots_all) else roots_all
     sizes = np.diff(np.append(first, len(roots_all)))
@@ -621,6 +661,15 @@ def _decide(plan: Plan, uf: minhash.UnionFind, verify_blocks: int, parts: list[P
         "clusters": len(sizes),
         "largest_cluster": int(sizes.max()) + 1 if len(sizes) else (1 if plan.documents else 0),
     }
+
+
+def _save_wanted(plan: Plan) -> None:
+    """Per part, the rows the decisions of any part name (``want-P.npy``): their ids are resolved."""
+    targets = [np.load(plan.file("decisions", p))["target"] for p in range(plan.parts)]
+    wanted = minhash.distinct(np.concatenate(targets)) if targets else np.zeros(0, np.int64)
+    bounds = np.searchsorted(wanted, np.asarray(plan.offsets))
+    for q in range(plan.parts):
+        _save(plan.file("want", q), (wanted[bounds[q] : bounds[q + 1]] - plan.offsets[q]).astype(np.uint32))
 
 
 # ----------------------------------------------------------------------------- pass 6: ids, lines
@@ -732,6 +781,11 @@ class ApplyDecisions:
             "duplicate_of": pl.Series(names.tolist(), dtype=pl.String),
             "jaccard": np.round(similarity, 4),
         })
+        if plan.config.semantic:  # a cosine for the semantic duplicates, null for the others (and no Jaccard)
+            cosine = pl.Series("cosine", np.round(np.load(plan.file("cosine", self.index)).astype(np.float64), 4))
+            semantic_rows = pl.Series(decisions["reason"] == 3)
+            self._table = self._table.with_columns(
+                jaccard=pl.when(semantic_rows).then(None).otherwise(pl.col("jaccard")), cosine=cosine.fill_nan(None))
         if plan.config.paragraphs:
             keys = [np.load(plan.file("frequent", k)) for k in range(plan.line_shards)]
             self._frequent = pl.Series("key", np.concatenate(keys), dtype=pl.UInt64)
@@ -749,9 +803,11 @@ class ApplyDecisions:
         texts, cut = cut_lines(kept["text"], self._frequent)
         emptied = pl.Series((cut > 0) & (texts.str.len_bytes() == 0).to_numpy())
         if emptied.any():  # removed with their original text, like every removed row
+            nulls = {"cosine": pl.lit(None, pl.Float64)} if self.plan.config.semantic else {}
             removed = pl.concat(
                 [removed, kept.filter(emptied).with_columns(
-                    drop_reason=pl.lit(EMPTY), duplicate_of=pl.lit(None, pl.String), jaccard=pl.lit(None, pl.Float64)
+                    drop_reason=pl.lit(EMPTY), duplicate_of=pl.lit(None, pl.String), jaccard=pl.lit(None, pl.Float64),
+                    **nulls,
                 )]
             )
         return kept.with_columns(texts.alias("text")).filter(~emptied), removed
@@ -780,14 +836,20 @@ def run_dedup(
     """Deduplicate every part of `input_dir` (a filter output) into `output_dir`."""
     config.validate()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
+    embedder, dependencies = None, {}
+    if config.semantic:  # the libraries and the model checked before any data is read
+        semdedup.require_libraries()
+        embedder = semdedup.resolve_embedder(config.embedder, ray=executor is not None and executor.kind == "ray")
+        dependencies["embedder"] = embedder.identity
     inp = open_input(input_dir, stage=STAGE, verify=verify_input)
     job = StageJob(STAGE, config.to_dict(), output_dir, [input_dir],
                    {"dir": str(input_dir), "stage": inp.stage, "digest": inp.digest},
-                   lambda ctx: _deduplicate(inp, output_dir, config, ctx, batch_rows))
+                   lambda ctx: _deduplicate(inp, output_dir, config, ctx, batch_rows, embedder), dependencies)
     return drive(job, executor=executor, workers=workers, force=force, console=console)
 
 
-def _deduplicate(inp: StageInput, output_dir: Path, config: DedupConfig, ctx: StageContext, batch_rows: int) -> dict:
+def _deduplicate(inp: StageInput, output_dir: Path, config: DedupConfig, ctx: StageContext, batch_rows: int,
+                 embedder: semdedup.Embedder | None = None) -> dict:
     """The passes of dedup over a claimed `output_dir`; returns the manifest section."""
     parts = inp.paths
     plan = Plan.make(ctx.work_dir, config, [p.rows for p in inp.parts], batch_rows)
@@ -819,6 +881,12 @@ def _deduplicate(inp: StageInput, output_dir: Path, config: DedupConfig, ctx: St
         del marked
     stats.update(_decide(plan, uf, verify_blocks, parts))
     del uf
+    extra: dict[str, Any] = {}
+    if config.semantic:
+        assert embedder is not None
+        semantic_stats, extra["embeddings"] = _semantic(plan, inp, output_dir, embedder, ctx, run)
+        stats.update(semantic_stats)
+    _save_wanted(plan)
 
     # the ids pass: with --paragraphs one part a task (the line counts read the text), else as
     # many parts as hold ID_ROWS_PER_TASK rows (id columns are small)
@@ -841,7 +909,52 @@ def _deduplicate(inp: StageInput, output_dir: Path, config: DedupConfig, ctx: St
     stats[EMPTY] = counts.drop_reasons.get(EMPTY, 0)
     stats["bands"], stats["rows"] = config.lsh
     return document_section(counts, [r.part for r in results], SIDE_DIR,
-                            [r.side_part for r in results if r.side_part], extra={"dedup": stats})
+                            [r.side_part for r in results if r.side_part], extra={"dedup": stats, **extra})
+
+
+def _semantic(plan: Plan, inp: StageInput, output_dir: Path, embedder: semdedup.Embedder, ctx: StageContext,
+              run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The semantic passes (:mod:`nonllama.pipeline.semantic`): embed, k-means (here), assign,
+    in-cluster dedup, then the removals merged into the decisions. Returns (the counts, the
+    manifest's `embeddings` section)."""
+    config = plan.config
+    if ctx.executor.kind == "ray":
+        threads = 1  # a Ray task has one CPU
+    else:  # the local workers share this machine's cores
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // max(1, ctx.executor.workers))
+    tasks = [semdedup.EmbedTask(plan, i, part.path, part.sha256, output_dir, embedder, threads)
+             for i, part in enumerate(inp.parts)]
+    embedded: list[semdedup.Embedded] = run(semdedup.embed_part, tasks, "embed", inp.rows)
+    semdedup.prune_cache(output_dir, {e.key for e in embedded})
+    documents = sum(e.rows for e in embedded)
+    dims = {e.dim for e in embedded}
+    if len(dims) > 1:
+        raise StageError(f"--embedder {embedder.name}: the parts were embedded with different dimensions {sorted(dims)}")
+    dim = dims.pop() if dims else 0
+    section = {"dir": semdedup.EMBEDDINGS_DIR, "embedder": embedder.name, "identity": embedder.identity,
+               "dimension": dim, "documents": documents,
+               "parts": [describe_part(semdedup.embeddings_file(output_dir, i), e.rows, 0) for i, e in enumerate(embedded)]}
+    for entry in section["parts"]:
+        entry.pop("chars")
+    k = semdedup.cluster_count(config, documents) if documents else 0
+    stats: dict[str, Any] = semdedup.cluster_stats(np.zeros(0, np.int64), 0)
+    if documents:
+        sample = semdedup.draw_sample(output_dir, [e.rows for e in embedded], config.semantic_sample, config.seed)
+        _save(plan.scratch / "centroids.npy", semdedup.kmeans(sample, k, config.seed))
+        del sample
+        sp = semdedup.SemanticPlan.make(k, documents, dim)
+        bounds = run(semdedup.assign_part, [semdedup.AssignTask(plan, sp, i, output_dir) for i in range(plan.parts)],
+                     "assign", documents)
+        path = _save_bounds(plan, "semassign", bounds)
+        shards = run(semdedup.semantic_shard, [semdedup.SemanticTask(plan, sp, s, path) for s in range(sp.shards)],
+                     "semantic", documents)
+        added = semdedup.merge_removals(plan, sp.shards, 3)
+        stats = semdedup.cluster_stats(np.concatenate([s.sizes for s in shards]), added)
+    else:
+        for p in range(plan.parts):  # nothing to embed: no semantic removals, no cosines
+            _save(plan.file("cosine", p), np.full(len(np.load(plan.file("decisions", p))), np.nan, np.float32))
+    return stats, section
 
 
 def _plan_blocks(plan: Plan, histogram: np.ndarray) -> list[tuple[int, int]]:
@@ -884,7 +997,7 @@ def _groups(plan: Plan, rows_per_task: int, alone: Any, parts: list[Path] | None
 class Cluster:
     kept_id: str
     kept_text: str
-    removed: pl.DataFrame  # id, text, drop_reason, jaccard
+    removed: pl.DataFrame  # id, text, drop_reason, jaccard (and cosine with --semantic)
 
 
 def largest_clusters(output_dir: Path, n: int) -> list[Cluster]:
@@ -911,9 +1024,10 @@ def largest_clusters(output_dir: Path, n: int) -> list[Cluster]:
     top = links.group_by("root", maintain_order=True).len().sort("len", descending=True, maintain_order=True).head(n)
     roots = top["root"].implode()
     members = links.filter(pl.col("root").is_in(roots)).select("id", "root")
+    cosine = ["cosine"] if "cosine" in pq.read_schema(removed_parts[0]).names else []  # with --semantic
     rows = (
         pl.scan_parquet(removed_parts).filter(pl.col("id").is_in(members["id"].implode()))
-        .select("id", "text", "drop_reason", "jaccard").collect()
+        .select("id", "text", "drop_reason", "jaccard", *cosine).collect()
         .join(members, on="id", how="left")
     )
     kept = pl.scan_parquet(list_parts(output_dir)).filter(pl.col("id").is_in(roots)).select("id", "text").collect()
