@@ -35,7 +35,17 @@ RAY_ADDRESS ?=
 CONFIG           ?=
 NORMALIZE_CONFIG ?= $(CONFIG)
 FILTER_CONFIG    ?= $(CONFIG)
+# perplexity under a reference run (a run directory `nonllama train` wrote on clean text, e.g.
+# ref/runs/2m; see the README): filter records each document's perplexity and bits per byte, and
+# drops above MAX_PERPLEXITY or gives CCNet's head/middle/tail buckets (PERPLEXITY_BUCKETS=0.33,0.66)
+PERPLEXITY_RUN     ?=
+MAX_PERPLEXITY     ?=
+PERPLEXITY_BUCKETS ?=
 THRESHOLD        ?= 0.8
+# SEMANTIC=1: dedup also removes paraphrases (dedup --semantic, the `semantic` extra), embedding
+# with EMBEDDER (a sentence-transformers model: a local directory or a Hub id)
+SEMANTIC         ?=
+EMBEDDER         ?=
 DEDUP_OPTS       ?=
 # --- tokenizer and packing
 VOCAB_SIZE   ?= 4096
@@ -68,7 +78,11 @@ STAGE_CONFIG   := $(if $(CONFIG),--config $(CONFIG))
 DOWNLOAD_OPTS  := $(STAGE_CONFIG) $(if $(NAME),--name $(NAME)) $(if $(SPLIT_ON),--split-on '$(SPLIT_ON)') \
                   $(if $(MAX_DOCS),--max-docs $(MAX_DOCS)) $(if $(PART_ROWS),--part-rows $(PART_ROWS))
 NORMALIZE_OPTS := $(if $(NORMALIZE_CONFIG),--config $(NORMALIZE_CONFIG))
-FILTER_OPTS    := $(if $(FILTER_CONFIG),--config $(FILTER_CONFIG))
+FILTER_OPTS    := $(if $(FILTER_CONFIG),--config $(FILTER_CONFIG)) \
+                  $(if $(PERPLEXITY_RUN),--perplexity-run $(abspath $(PERPLEXITY_RUN))) \
+                  $(if $(MAX_PERPLEXITY),--max-perplexity $(MAX_PERPLEXITY)) \
+                  $(if $(PERPLEXITY_BUCKETS),--perplexity-buckets $(PERPLEXITY_BUCKETS))
+SEMANTIC_OPTS  := $(if $(SEMANTIC),--semantic $(if $(EMBEDDER),--embedder $(if $(wildcard $(EMBEDDER)),$(abspath $(EMBEDDER)),$(EMBEDDER))))
 TOKENIZER_OPTS := $(STAGE_CONFIG) --vocab-size $(VOCAB_SIZE) --model-type $(MODEL_TYPE) --sample-bytes $(SAMPLE_BYTES)
 PACK_OPTS      := --val-fraction $(VAL_FRACTION) $(foreach m,$(MIX),--mix $(m))
 TRAIN_ARGS     := --workdir $(WORK) --name $(RUN) --preset $(PRESET) --max-steps $(STEPS) \
@@ -113,7 +127,7 @@ filter: normalize
 	$(NONLLAMA) filter $(COMMON_OPTS) $(FILTER_OPTS)
 
 dedup: filter
-	$(NONLLAMA) dedup $(COMMON_OPTS) $(STAGE_CONFIG) --threshold $(THRESHOLD) $(DEDUP_OPTS)
+	$(NONLLAMA) dedup $(COMMON_OPTS) $(STAGE_CONFIG) --threshold $(THRESHOLD) $(SEMANTIC_OPTS) $(DEDUP_OPTS)
 
 train-tokenizer: dedup
 	$(NONLLAMA) train-tokenizer $(COMMON_OPTS) $(TOKENIZER_OPTS)

@@ -223,7 +223,11 @@ def filter_section(workdir: Path) -> Section:
     filtered = stages.directory(workdir, "filter")
     if (m := _manifest_or_say(section, filtered, "filter")) is None:
         return section
-    section.add(Text("Every rule's value over kept and rejected documents; dashed lines: thresholds."))
+    note = "Every rule's value over kept and rejected documents; dashed lines: thresholds."
+    if m.get("config", {}).get("perplexity_run") or m.get("config", {}).get("perplexity_model"):
+        note += (" Perplexity under the reference model: one histogram per source on a log axis, its threshold "
+                 "or its head / middle / tail cut points marked (documents other rules dropped are not scored).")
+    section.add(Text(note))
     with tempfile.TemporaryDirectory(prefix="nonllama-report-") as tmp:
         for path in draw_report(filtered, Path(tmp), config_from_dict(m["config"])):
             section.add(Figure(path.read_bytes(), f"filter-{path.name}"))
@@ -292,8 +296,12 @@ def clusters_section(workdir: Path, top: int = 5, shown: int = 3) -> Section:
     removed_parts = list_parts(deduped / "removed")
     if not removed_parts:
         return section
+    if m.get("config", {}).get("semantic"):
+        _semantic_pairs(section, deduped, stats, m["config"], shown)
+    similarity = (pl.coalesce("jaccard", "cosine") if "cosine" in pl.read_parquet_schema(removed_parts[0])
+                  else pl.col("jaccard")).alias("jaccard")
     removed = (pl.scan_parquet(removed_parts).filter(pl.col("duplicate_of").is_not_null())
-               .select("id", "duplicate_of", "jaccard", "drop_reason", "text").collect())
+               .select("id", "duplicate_of", similarity, "drop_reason", "text").collect())
     if removed.height == 0:
         return section
     biggest = (removed.group_by("duplicate_of").len().sort(["len", "duplicate_of"], descending=[True, False]).head(top))
@@ -308,9 +316,28 @@ def clusters_section(workdir: Path, top: int = 5, shown: int = 3) -> Section:
             rows.append([r["drop_reason"], r["id"], f"{r['jaccard']:.3f}" if r["jaccard"] is not None else "",
                          _excerpt(r["text"])])
         more = size - min(size, shown)
-        section.add(Table(["", "id", "Jaccard", "text"], rows,
+        section.add(Table(["", "id", "Jaccard (cosine)" if m.get("config", {}).get("semantic") else "Jaccard", "text"], rows,
                           caption=f"{size + 1} documents, {size} removed" + (f" ({more} more not shown)" if more else "")))
     return section
+
+
+def _semantic_pairs(section: Section, deduped: Path, stats: dict, config: dict, shown: int) -> None:
+    """Semantic dedup: its clusters, and the removed documents beside the kept ones they repeat,
+    the closest pairs and those nearest the threshold (where to look when choosing it)."""
+    from nonllama.pipeline.semantic import semantic_pairs
+
+    sizes = stats.get("semantic_cluster_sizes", {})
+    section.add(Table(["semantic duplicates", "clusters (k-means)", "cluster size min / median / max", "threshold"],
+                      [[_n(stats.get("semantic_duplicates")), _n(stats.get("semantic_clusters")),
+                        f"{_n(sizes.get('min'))} / {_n(sizes.get('median'))} / {_n(sizes.get('max'))}",
+                        f"cosine > {config.get('semantic_threshold')}"]]))
+    for title, borderline in (("closest", False), ("nearest the threshold", True)):
+        pairs = semantic_pairs(deduped, shown, borderline=borderline)
+        if pairs:
+            section.add(Table(["cosine", "kept", "removed as semantic_duplicate"],
+                              [[f"{p.cosine:.3f}", f"{p.kept_id}: {_excerpt(p.kept_text)}",
+                                f"{p.removed_id}: {_excerpt(p.removed_text)}"] for p in pairs],
+                              caption=f"semantic duplicates, {title}"))
 
 
 def tokens_section(workdir: Path) -> Section:

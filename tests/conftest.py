@@ -33,3 +33,14 @@ def corpora() -> Path:
 def cli():
     """Run `nonllama ARGS...` in-process (`input`: its stdin); returns the click Result."""
     return invoker()
+
+
+@pytest.fixture(scope="module")
+def ray_executor():
+    """A Ray instance of 2 CPUs on this machine (the dev extra installs Ray), started once for
+    the module that asks for it and stopped after."""
+    from nonllama.pipeline.executors import RayExecutor
+
+    executor = RayExecutor(workers=2)
+    yield executor
+    executor.close()

@@ -305,15 +305,6 @@ def output_files(directory: Path) -> dict[str, bytes]:
     return files
 
 
-@pytest.fixture(scope="module")
-def ray_executor():
-    """A Ray instance with 2 CPUs, started once for this module."""
-    from nonllama.pipeline.executors import RayExecutor
-
-    executor = RayExecutor(workers=2)
-    yield executor
-    executor.close()
-
 
 PARAGRAPHS = DedupConfig(paragraphs=True, paragraph_max_docs=5)
 

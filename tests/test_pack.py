@@ -290,16 +290,6 @@ def test_verify_catches_a_changed_shard(tmp_path, work, cli):
 # --------------------------------------------------------------------------- executors and resume
 
 
-@pytest.fixture(scope="module")
-def ray_executor():
-    """A Ray instance of 2 CPUs, started once for the module and stopped after."""
-    pytest.importorskip("ray", reason="the dev extra installs ray")
-    from nonllama.pipeline.executors import RayExecutor
-
-    executor = RayExecutor(workers=2)
-    yield executor
-    executor.close()
-
 
 def test_every_executor_writes_the_same_bytes_and_trains_the_same(tmp_path, work, cli, ray_executor):
     """local 1 worker, local 2 workers and Ray: the same shards, indexes and manifests, plain,
