@@ -23,6 +23,16 @@ The conventions of the other side, and what is done about them:
   llama2c export renumbers the vocabulary: unk, BOS, EOS, the 256 bytes, then every other piece
   in its order; the embedding and output rows are permuted to match. Without a "▁" piece the
   byte piece of 0x20 is written as " " (it decodes to a space either way).
+- Chat. A tokenizer with the chat tokens (nonllama.chat) exports its template: hf writes it as
+  tokenizer_config.json's ``chat_template`` and stops generation at ``<|end|>`` as well as EOS
+  (generation_config.json); gguf writes ``tokenizer.chat_template`` and ``<|end|>`` as the
+  end-of-turn token, with the chat tokens typed control. In tokenizer.json the chat tokens are
+  added tokens that are *not* special: transformers renders a template to a string and encodes
+  it, and the exported tokenizer splits special tokens spelled in text (so that "<s>" in text
+  stays text, as in SentencePiece), which would split the template's role tokens too. The cost:
+  plain ``tokenizer(text)`` turns a literal "<|user|>" into the token, where SentencePiece keeps
+  it as text; ``apply_chat_template(..., sanitize_control_tokens=True)`` keeps it as text in
+  message contents (tokenizer_config.json names the chat tokens in ``chat_control_tokens``).
 """
 
 from __future__ import annotations
@@ -40,7 +50,8 @@ import torch
 
 from nonllama.model import Llama, ModelConfig, hf_config, to_hf_state_dict
 from nonllama.pipeline.io import StageError, atomic_path, atomic_write_text
-from nonllama.pipeline.tokenizer import SPACE_MARK
+from nonllama.pipeline.tokenizer import CHAT_TOKENS, SPACE_MARK
+from nonllama.protobuf import fields
 
 FORMATS = ("hf", "llama2c", "gguf")
 
@@ -68,6 +79,13 @@ class SpmModel:
     def of_type(self, kind: int) -> list[int]:
         return [i for i, (_, _, t) in enumerate(self.pieces) if t == kind]
 
+    def chat_ids(self) -> dict[str, int] | None:
+        """Each chat token's id, if the tokenizer has all of them as control pieces (else None)."""
+        found = {token: self.ids.get(token) for token in CHAT_TOKENS}
+        if any(i is None or self.pieces[i][2] != CONTROL for i in found.values()):
+            return None
+        return found  # type: ignore[return-value]
+
     def byte_ids(self) -> list[int]:
         """The id of each byte's piece <0x00>..<0xFF>, in byte order."""
         found = {int(self.pieces[i][0][3:5], 16): i for i in self.of_type(BYTE)}
@@ -84,10 +102,10 @@ def read_spm_model(path: Path) -> SpmModel:
     pieces: list[tuple[str, float, int]] = []
     model_type, byte_fallback, add_dummy_prefix = UNIGRAM_MODEL, False, True
     try:
-        for number, value in _proto_fields(data):
+        for number, value, _ in fields(data):
             if number == 1:  # SentencePiece {piece = 1; score = 2; type = 3 [default NORMAL]}
                 piece, score, kind = "", 0.0, NORMAL
-                for n, v in _proto_fields(value):
+                for n, v, _ in fields(value):
                     if n == 1:
                         piece = v.decode("utf-8")
                     elif n == 2:
@@ -96,13 +114,13 @@ def read_spm_model(path: Path) -> SpmModel:
                         kind = v
                 pieces.append((piece, score, kind))
             elif number == 2:  # TrainerSpec {model_type = 3; byte_fallback = 35}
-                for n, v in _proto_fields(value):
+                for n, v, _ in fields(value):
                     if n == 3:
                         model_type = v
                     elif n == 35:
                         byte_fallback = bool(v)
             elif number == 3:  # NormalizerSpec {add_dummy_prefix = 3}
-                for n, v in _proto_fields(value):
+                for n, v, _ in fields(value):
                     if n == 3:
                         add_dummy_prefix = bool(v)
     except (IndexError, UnicodeDecodeError, struct.error, ValueError) as e:
@@ -110,38 +128,6 @@ def read_spm_model(path: Path) -> SpmModel:
     if not pieces:
         raise StageError(f"{path}: not a SentencePiece model (no pieces)")
     return SpmModel(pieces, model_type, add_dummy_prefix, byte_fallback)
-
-
-def _proto_fields(data: bytes):
-    """(field number, value) of each field of a protobuf message: ints for varints, bytes for
-    length-delimited and fixed-width fields."""
-    i = 0
-    while i < len(data):
-        key, i = _varint(data, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(data, i)
-        elif wire == 1:
-            value, i = data[i:i + 8], i + 8
-        elif wire == 2:
-            size, i = _varint(data, i)
-            value, i = data[i:i + size], i + size
-        elif wire == 5:
-            value, i = data[i:i + 4], i + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield number, value
-
-
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        i += 1
-        if byte < 0x80:
-            return value, i
-        shift += 7
 
 
 def hf_tokenizer(spm: SpmModel) -> Any:
@@ -176,10 +162,13 @@ def hf_tokenizer(spm: SpmModel) -> Any:
     if spm.add_dummy_prefix:
         steps.append(decoders.Strip(content=" ", left=1))
     tokenizer.decoder = decoders.Sequence(steps)
+    chat = set(spm.chat_ids() or {})
     specials = [spm.pieces[i][0] for i in (*spm.of_type(UNKNOWN), *spm.of_type(CONTROL))]
-    tokenizer.add_special_tokens([AddedToken(p, special=True, normalized=False) for p in specials])
+    tokenizer.add_special_tokens([AddedToken(p, special=True, normalized=False) for p in specials if p not in chat])
+    # the chat tokens: not special, so that a rendered chat template's role tokens are matched
+    # even though the tokenizer splits special tokens spelled in text (see the module's notes)
     tokenizer.add_tokens([AddedToken(spm.pieces[i][0], special=False, normalized=False)
-                          for i in spm.of_type(USER_DEFINED)])
+                          for i in (*spm.of_type(USER_DEFINED), *(spm.ids[t] for t in CHAT_TOKENS if t in chat))])
     bos = spm.pieces[1][0]
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, 1)])
@@ -385,7 +374,9 @@ def export_hf(model: Llama, spm: SpmModel, tokenizer_model: Path, out: Path, for
     staging = target.with_name(f".{target.name}.export-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        files = write_hf_model(model, staging, pad_token_id=spm.ids.get("<pad>"))
+        chat = spm.chat_ids()
+        files = write_hf_model(model, staging, pad_token_id=spm.ids.get("<pad>"),
+                               end_token_id=chat["<|end|>"] if chat else None)
         files += write_hf_tokenizer(spm, tokenizer_model, staging, model.config.max_seq_len)
         if not target.exists():
             os.replace(staging, target)
@@ -397,15 +388,18 @@ def export_hf(model: Llama, spm: SpmModel, tokenizer_model: Path, out: Path, for
     return Exported("hf", [out / file.name for file in files])
 
 
-def write_hf_model(model: Llama, out: Path, pad_token_id: int | None = None) -> list[Path]:
+def write_hf_model(model: Llama, out: Path, pad_token_id: int | None = None,
+                   end_token_id: int | None = None) -> list[Path]:
     """config.json, generation_config.json and model.safetensors (fp32; a tied head is stored
-    once, as the embedding, and config.json says it is tied)."""
+    once, as the embedding, and config.json says it is tied). `end_token_id`: <|end|>, where
+    generation stops too (a chat reply ends there)."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **hf_config(model.config),
               "pad_token_id": pad_token_id, "torch_dtype": "float32"}
-    generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": pad_token_id}
+    eos = [2, end_token_id] if end_token_id is not None else 2
+    generation = {"bos_token_id": 1, "eos_token_id": eos, "pad_token_id": pad_token_id}
     files = [out / "config.json", out / "generation_config.json", out / "model.safetensors"]
     atomic_write_text(files[0], json.dumps(config, indent=2) + "\n")
     atomic_write_text(files[1], json.dumps(generation, indent=2) + "\n")
@@ -425,6 +419,11 @@ def write_hf_tokenizer(spm: SpmModel, tokenizer_model: Path, out: Path, max_leng
     specials = {"bos_token": spm.pieces[1][0], "eos_token": spm.pieces[2][0], "unk_token": spm.pieces[0][0]}
     if "<pad>" in spm.ids:
         specials["pad_token"] = "<pad>"
+    chat = {}
+    if spm.chat_ids() is not None:
+        from nonllama.chat import CHAT_TEMPLATE
+
+        chat = {"chat_template": CHAT_TEMPLATE, "chat_control_tokens": list(CHAT_TOKENS)}
     atomic_write_text(files[1], json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast",
         **specials,
@@ -434,6 +433,7 @@ def write_hf_tokenizer(spm: SpmModel, tokenizer_model: Path, out: Path, max_leng
         "split_special_tokens": True,
         "clean_up_tokenization_spaces": False,
         "model_max_length": max_length,
+        **chat,
     }, indent=2) + "\n")
     atomic_write_text(files[2], json.dumps(specials, indent=2) + "\n")
     with atomic_path(files[3]) as tmp:
@@ -607,6 +607,11 @@ def export_gguf(model: Llama, spm: SpmModel, out: Path, name: str = "nonllama", 
         writer.add_add_bos_token(True)
         writer.add_add_eos_token(False)
         writer.add_add_space_prefix(spm.add_dummy_prefix)
+        if (chat := spm.chat_ids()) is not None:  # the chat tokens are control already (token types)
+            from nonllama.chat import CHAT_TEMPLATE
+
+            writer.add_chat_template(CHAT_TEMPLATE)
+            writer.add_eot_token_id(chat["<|end|>"])  # llama.cpp ends a reply at end-of-turn
 
         def add(gguf_name: str, tensor: torch.Tensor) -> None:
             writer.add_tensor(gguf_name, tensor.contiguous().numpy().astype(np.float32))

@@ -12,6 +12,11 @@
 - `TextStream` turns the ids into text as they come without ever emitting a broken UTF-8
   sequence: a character outside the vocabulary arrives as 2-4 byte-fallback tokens, and its
   bytes are held back until the character is complete.
+- Chat (`--chat`, a run trained with `nonllama sft`): `chat_reply` prompts with the conversation
+  in nonllama.chat's template and `<|assistant|>`, and the reply ends at `<|end|>` (or EOS, or
+  `max_new_tokens`, or the end of the context); the oldest turns are dropped when the
+  conversation no longer fits. `ChatSession` is the interactive loop (history, `/reset`,
+  `/exit`), `reply_to_conversations` the file form (JSON lines of `{"messages": [...]}`).
 """
 
 from __future__ import annotations
@@ -20,14 +25,17 @@ import codecs
 import json
 import math
 import re
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nonllama.chat import ChatIds, check_messages, fit_context
+from nonllama.chat import encode_prompt as encode_chat_prompt
 from nonllama.model import Llama, ModelConfig
 from nonllama.pipeline.io import StageError, atomic_write_text
 from nonllama.pipeline.tokenizer import (
@@ -175,9 +183,9 @@ class Sampling:
 @dataclass
 class Generation:
     prompt_ids: list[int]
-    ids: list[int] = field(default_factory=list)  # the new tokens, EOS not included
+    ids: list[int] = field(default_factory=list)  # the new tokens, EOS (or the stop token) not included
     text: str = ""  # the new text
-    stop: str = "max_new_tokens"  # or "eos", "context"
+    stop: str = "max_new_tokens"  # or "eos", "end" (a chat reply's <|end|>), "context"
     prefill_s: float = 0.0  # the prompt's pass, up to the first new token
     decode_s: float = 0.0  # every later token
 
@@ -192,9 +200,18 @@ def generate(model: Llama, processor: Any, prompt: str, sampling: Sampling, gene
              on_text: Callable[[str], None] | None = None) -> Generation:
     """Continue `prompt`; `on_text` receives the new text piece by piece as it is produced."""
     sampling.check()
-    config = model.config
+    return generate_ids(model, processor, encode_prompt(processor, prompt, model.config.max_seq_len), sampling,
+                        generator, on_text)
+
+
+def generate_ids(model: Llama, processor: Any, prompt_ids: list[int], sampling: Sampling,
+                 generator: torch.Generator | None = None, on_text: Callable[[str], None] | None = None,
+                 end_id: int | None = None) -> Generation:
+    """Continue the ids `prompt_ids` (shorter than the context); stops at EOS, and at `end_id`
+    when given (a chat reply's <|end|>)."""
+    sampling.check()
     device = model.rope_cos.device
-    result = Generation(encode_prompt(processor, prompt, config.max_seq_len))
+    result = Generation(list(prompt_ids))
     tokens = torch.tensor([result.prompt_ids], device=device)
     stream = TextStream(processor)
     eos = processor.eos_id() if processor.eos_id() >= 0 else EOS_ID
@@ -213,8 +230,8 @@ def generate(model: Llama, processor: Any, prompt: str, sampling: Sampling, gene
         now = time.perf_counter()
         if step == 0:
             result.prefill_s, last = now - started, now
-        if token == eos:
-            result.stop = "eos"
+        if token == eos or token == end_id:
+            result.stop = "eos" if token == eos else "end"
             break
         result.ids.append(token)
         emit(stream.push(token))
@@ -225,6 +242,142 @@ def generate(model: Llama, processor: Any, prompt: str, sampling: Sampling, gene
     emit(stream.flush())
     result.text = "".join(pieces)
     return result
+
+
+# --------------------------------------------------------------------------- chat (--chat)
+
+
+def chat_reply(model: Llama, processor: Any, ids: ChatIds, messages: list[dict], sampling: Sampling,
+               generator: torch.Generator | None = None,
+               on_text: Callable[[str], None] | None = None) -> tuple[Generation, list[dict], int]:
+    """The assistant's reply to `messages` (which end with the user's message): (the generation,
+    the messages the prompt held, how many of the oldest turns were dropped to fit the context).
+    The prompt leaves room for at least one new token; ValueError if even the last message alone
+    (and the system message) does not."""
+    kept, dropped = fit_context(processor, messages, ids, model.config.max_seq_len)
+    prompt = encode_chat_prompt(processor, kept, ids)
+    return generate_ids(model, processor, prompt, sampling, generator, on_text, end_id=ids.end), kept, dropped
+
+
+CHAT_HELP = "/reset starts over, /exit (or end of input) quits"
+USER_PROMPT, REPLY_PROMPT = "you> ", "assistant> "  # what the loop writes before each side's turn
+
+
+@dataclass
+class ChatSession:
+    """The interactive chat: one line of the user's per turn, the reply streamed, the history
+    kept (and cut from the oldest turns when the context is full). Reads `lines`, writes the
+    conversation through `write` and notes (what was dropped, where a reply stopped) through
+    `note`."""
+
+    model: Llama
+    processor: Any
+    ids: ChatIds
+    sampling: Sampling
+    generator: torch.Generator | None = None
+    system: str | None = None
+    write: Callable[[str], None] = lambda text: print(text, end="", flush=True)  # noqa: E731
+    note: Callable[[str], None] = lambda text: print(text, file=sys.stderr)  # noqa: E731
+    messages: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+
+    def run(self, lines: Iterable[str]) -> None:
+        self.write(USER_PROMPT)
+        for line in lines:
+            text = line.rstrip("\r\n")
+            command = text.strip() if text.startswith("/") else None  # " /x" is a message
+            if command == "/exit":
+                return
+            if command == "/reset":
+                self.reset()
+                self.note("history cleared")
+            elif command is not None:
+                self.note(f"{command.split()[0] if command else '/'}: not a command ({CHAT_HELP}; a message that "
+                          "starts with / needs a space in front)")
+            elif text.strip():
+                self.turn(text)
+            self.write(USER_PROMPT)
+        self.write("\n")  # end of input: the prompt's line is left open
+
+    def turn(self, text: str) -> Generation | None:
+        """One exchange: the user's `text`, the reply streamed and added to the history."""
+        context = self.model.config.max_seq_len
+        try:
+            kept, dropped = fit_context(self.processor, [*self.messages, {"role": "user", "content": text}],
+                                        self.ids, context)
+        except ValueError as e:  # a message too long for the context: say so, keep the history
+            self.note(str(e))
+            return None
+        if dropped:  # for good: the history is what the model sees
+            self.note(f"the conversation outgrew the context ({context} tokens): dropped the oldest "
+                      f"{dropped} turn{'s' if dropped > 1 else ''}")
+        self.write(REPLY_PROMPT)
+        result = generate_ids(self.model, self.processor, encode_chat_prompt(self.processor, kept, self.ids),
+                              self.sampling, self.generator, on_text=self.write, end_id=self.ids.end)
+        self.write("\n")
+        self.messages = [*kept, {"role": "assistant", "content": result.text}]
+        if result.stop != "end":
+            self.note(f"reply cut: {_STOPS.get(result.stop, result.stop)}")
+        return result
+
+
+_STOPS = {"eos": "the model ended it with EOS, not <|end|>", "max_new_tokens": "--max-new-tokens reached",
+          "context": "the context is full"}
+
+
+def read_conversations(path: Path, system: str | None = None) -> list[dict]:
+    """The lines of a JSON-lines file, each `{"messages": [...]}` (other keys kept), checked
+    before anything is generated: ValueError naming the line. Blank lines are skipped. `system`
+    becomes the first message of each conversation that has no system message."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--input {path}: no such file")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"--input {path} line {n}"
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{where}: not JSON ({e})") from None
+        if not isinstance(row, dict) or "messages" not in row:
+            raise ValueError(f'{where}: expected an object {{"messages": [...]}}')
+        messages = check_messages(row["messages"], where)
+        if messages[-1]["role"] != "user":
+            raise ValueError(f"{where}: the last message is the {messages[-1]['role']}'s: a conversation to reply "
+                             "to ends with a user message")
+        if system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system}, *messages]
+        rows.append({**row, "messages": messages})
+    if not rows:
+        raise ValueError(f"--input {path}: no conversation in it (one JSON object per line)")
+    return rows
+
+
+def reply_to_conversations(model: Llama, processor: Any, ids: ChatIds, rows: list[dict], sampling: Sampling,
+                           generator: torch.Generator | None = None,
+                           on_reply: Callable[[int, Generation, int], None] | None = None) -> list[dict]:
+    """Each row (from `read_conversations`) with the assistant's reply appended to its messages.
+    The messages written are the whole conversation as given, even where the prompt had to drop
+    its oldest turns (`on_reply(index, generation, dropped)` hears of it)."""
+    for i, row in enumerate(rows):  # all of them before any is generated: no work lost to the last one
+        try:
+            fit_context(processor, row["messages"], ids, model.config.max_seq_len)
+        except ValueError as e:
+            raise ValueError(f"conversation {i + 1}: {e}") from None
+    out = []
+    for i, row in enumerate(rows):
+        result, _, dropped = chat_reply(model, processor, ids, row["messages"], sampling, generator)
+        out.append({**row, "messages": [*row["messages"], {"role": "assistant", "content": result.text}]})
+        if on_reply is not None:
+            on_reply(i, result, dropped)
+    return out
 
 
 SMALL_MODEL_PARAMS = 50_000_000

@@ -132,7 +132,7 @@ BAD_VALUES = [
     ("dedup", 'num_perm = "many"', "dedup config 'num_perm' = \"many\": expected an integer"),
     ("dedup", "bands = 100\nrows = 2", "--bands 100 x --rows 2 = 200 exceeds --num-perm 128"),
     ("train-tokenizer", 'model_type = "wordpiece"', "--model-type 'wordpiece': choose one of bpe, unigram"),
-    ("train-tokenizer", "vocab_size = 100", "--vocab-size 100: must be more than the 261 fixed pieces"),
+    ("train-tokenizer", "vocab_size = 100", "--vocab-size 100: must be more than the 265 fixed pieces"),
     ("train-tokenizer", 'sample_bytes = "lots"', "--sample-bytes 'lots': expected a size like 500M, 1G or 250000"),
     ("train-tokenizer", "user_symbols = [1, 2]", "train-tokenizer config 'user_symbols' = [1, 2]: expected a list of strings"),
 ]

@@ -57,9 +57,13 @@ def test_special_ids_are_fixed(trained):
     sp = load_processor(trained / "tokenizer" / "tokenizer.model")
     assert [sp.id_to_piece(i) for i in range(5)] == ["<unk>", "<s>", "</s>", "<pad>", "\n"]
     assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, 3)
-    assert sp.id_to_piece(5) == "<0x00>" and sp.id_to_piece(260) == "<0xFF>"
+    # the chat tokens: control pieces (never produced from text, see test_chat.py) at 5..8
+    assert [sp.id_to_piece(i) for i in range(5, 9)] == ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    assert all(sp.is_control(i) for i in range(5, 9))
+    assert sp.id_to_piece(9) == "<0x00>" and sp.id_to_piece(264) == "<0xFF>"
     m = read_manifest(trained / "tokenizer")
     assert m["special_ids"] == {"unk": 0, "bos": 1, "eos": 2, "pad": 3, "newline": 4}
+    assert m["chat_ids"] == {"<|system|>": 5, "<|user|>": 6, "<|assistant|>": 7, "<|end|>": 8}
     assert m["vocab_size"] == 2000
     vocab = (trained / "tokenizer" / "tokenizer.vocab").read_text(encoding="utf-8").splitlines()
     assert len(vocab) == 2000 and vocab[2].startswith("</s>\t") and vocab[4] == "\\n\t0"
@@ -101,10 +105,11 @@ def test_sample_bytes_bounds_the_sample(tmp_path, trained, cli):
 def test_user_symbols_and_unigram(tmp_path, trained, cli):
     out = tmp_path / "uni"
     cli("train-tokenizer", "-i", trained / "normalized", "-o", out, "--vocab-size", "1800", "--threads", "2",
-        "--model-type", "unigram", "--user-symbols", "<|user|>,<|bot|>", "--user-symbols", "<tool>")
+        "--model-type", "unigram", "--user-symbols", "<|tool|>,<|bot|>", "--user-symbols", "<tool>")
     sp = load_processor(out / "tokenizer.model")
-    assert [sp.id_to_piece(i) for i in (4, 5, 6, 7, 8)] == ["\n", "<|user|>", "<|bot|>", "<tool>", "<0x00>"]
-    assert sp.encode("<|user|>你好<|bot|>hi", out_type=str)[0] == "<|user|>"
+    # after the newline and the four chat tokens (5..8)
+    assert [sp.id_to_piece(i) for i in (4, 8, 9, 10, 11, 12)] == ["\n", "<|end|>", "<|tool|>", "<|bot|>", "<tool>", "<0x00>"]
+    assert sp.encode("<|tool|>你好<|bot|>hi", out_type=str)[0] == "<|tool|>"
     for text, ids in zip(TRICKY, encode_texts(sp, TRICKY), strict=True):
         assert sp.decode(ids) == text
 
@@ -128,14 +133,14 @@ def test_vocabulary_too_large_or_small_names_a_size_that_works(tmp_path, trained
 @pytest.mark.parametrize("model_type", ["unigram", "bpe"])
 def test_too_small_vocabulary_names_the_exact_minimum(tmp_path, trained, cli, model_type):
     # a sample of 3 KB: few characters, and for unigram few pieces to learn, so a figure that
-    # counts the 261 fixed pieces twice (as SentencePiece's own figure already holds them) would
+    # counts the 265 fixed pieces twice (as SentencePiece's own figure already holds them) would
     # be "more than this text supports"
     args = ("train-tokenizer", "-i", trained / "normalized", "--threads", "1", "--sample-bytes", "3K",
             "--model-type", model_type)
     small = " ".join(cli(*args, "-o", tmp_path / "a", "--vocab-size", "300", expect=2).output.split())
-    assert "--vocab-size 300 is too small for this text" in small and "the 261 fixed pieces" in small
+    assert "--vocab-size 300 is too small for this text" in small and "the 265 fixed pieces" in small
     needed = int(small.split("use --vocab-size ")[1].split()[0])
-    assert 261 < needed < 600
+    assert 265 < needed < 600
     below = " ".join(cli(*args, "-o", tmp_path / "b", "--vocab-size", str(needed - 1), expect=2).output.split())
     assert f"use --vocab-size {needed} or more" in below  # one figure, the same whatever was asked
     cli(*args, "-o", tmp_path / "c", "--vocab-size", str(needed))
@@ -143,13 +148,13 @@ def test_too_small_vocabulary_names_the_exact_minimum(tmp_path, trained, cli, mo
 
 
 def test_vocabulary_below_the_fixed_pieces_is_refused_before_reading(tmp_path, cli):
-    for size, fixed in (("100", 261), ("261", 261)):
+    for size, fixed in (("100", 265), ("265", 265)):
         out = " ".join(cli("train-tokenizer", "--workdir", tmp_path, "--vocab-size", size, expect=2).output.split())
         assert f"--vocab-size {size}: must be more than the {fixed} fixed pieces" in out
         assert "nonllama dedup" not in out  # judged before looking for the input
-    out = " ".join(cli("train-tokenizer", "--workdir", tmp_path, "--vocab-size", "263", "--user-symbols", "<a>,<b>",
+    out = " ".join(cli("train-tokenizer", "--workdir", tmp_path, "--vocab-size", "267", "--user-symbols", "<a>,<b>",
                        expect=2).output.split())
-    assert "--vocab-size 263: must be more than the 263 fixed pieces" in out and "2 user symbols" in out
+    assert "--vocab-size 267: must be more than the 267 fixed pieces" in out and "2 user symbols" in out
 
 
 def test_bad_options_and_missing_input(tmp_path, trained, cli):

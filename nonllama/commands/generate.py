@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from nonllama.cli import app, console
 
@@ -28,8 +30,13 @@ def generate(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, or auto (cuda when there is one).")] = "auto",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads \\[default: 1 for a model under 50M parameters, else torch's default].")] = None,
     save: Annotated[Path | None, typer.Option("--save", help="Also write prompts and completions to this JSON file; when it already holds them for the same checkpoint, prompts and settings (--seed given, or greedy), print those instead.")] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="Talk to a run trained with `nonllama sft`: one message per line, the reply streamed, history kept (/reset, /exit).")] = False,
+    system: Annotated[str | None, typer.Option("--system", help="--chat: the system message that starts the conversation (with --input: of each conversation without one).")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", help='--chat without a terminal: a JSON-lines file, one {"messages": [...]} per line, each ending with a user message.')] = None,
+    output_file: Annotated[Path | None, typer.Option("--output", help="--chat --input: where the conversations go, each with the reply appended (JSON lines).")] = None,
 ) -> None:
-    """Continue prompts with a trained model, streaming the text to stdout (summary on stderr)."""
+    """Continue prompts with a trained model, streaming the text to stdout (summary on stderr).
+    With --chat, talk to it (or answer the conversations of --input)."""
     import torch
 
     from nonllama.generate import (
@@ -53,6 +60,11 @@ def generate(
         sampling.temperature = 0.0
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if chat or system is not None or input_file is not None or output_file is not None:
+        _chat(run, checkpoint, tokenizer, device, threads, sampling, seed, prompts=list(prompts or []), file=file,
+              save=save, num_samples=num_samples, chat=chat, system=system, input_file=input_file,
+              output_file=output_file)
+        return
     texts = read_prompts(list(prompts or []), file)
     if save is not None and (seed is not None or sampling.temperature <= 0):
         checkpoint_file = find_checkpoint(run, checkpoint)[1]
@@ -93,3 +105,67 @@ def generate(
     if save is not None:
         save_samples(save, loaded.checkpoint, loaded.step, sample_settings(sampling, seed, num_samples), texts, samples)
         console.print(f"[green]generate[/]: {len(samples)} sample(s) saved to {save}", highlight=False, soft_wrap=True)
+
+
+def _chat(run: Path | None, checkpoint: str | None, tokenizer: Path | None, device: str, threads: int | None,
+          sampling, seed: int | None, *, prompts: list[str], file: Path | None, save: Path | None, num_samples: int,
+          chat: bool, system: str | None, input_file: Path | None, output_file: Path | None) -> None:
+    """`generate --chat`: the interactive loop on stdin, or --input to --output."""
+    import torch
+
+    from nonllama.chat import chat_ids
+    from nonllama.generate import (
+        CHAT_HELP,
+        ChatSession,
+        decode_threads,
+        load_run,
+        make_generator,
+        read_conversations,
+        reply_to_conversations,
+    )
+    from nonllama.pipeline.io import atomic_write_text
+
+    if not chat:
+        given = "--system" if system is not None else "--input" if input_file is not None else "--output"
+        raise ValueError(f"{given} goes with --chat (talking to a run trained with `nonllama sft`)")
+    for given, what in ((prompts, "prompts"), (file, "--file"), (save, "--save"), (num_samples != 1, "--num-samples")):
+        if given:
+            raise ValueError(f"--chat and {what}: --chat reads its messages from stdin (or --input), one reply each")
+    if (input_file is None) != (output_file is None):
+        raise ValueError("--input and --output go together: the conversations to reply to, and where the replies go"
+                         if input_file is not None else "--output needs --input (the conversations to reply to)")
+    if input_file is not None and output_file is not None and output_file.resolve() == input_file.resolve():
+        raise ValueError(f"--output {output_file}: the same file as --input; write the replies elsewhere")
+    if system is not None and not system.strip():
+        raise ValueError("--system: empty; leave it out for no system message")
+    rows = read_conversations(input_file, system) if input_file is not None else None  # checked before loading
+
+    loaded = load_run(run, checkpoint, tokenizer, device)
+    where = f"--tokenizer {tokenizer}" if tokenizer is not None else f"--run {loaded.run} (its {loaded.tokenizer.name})"
+    ids = chat_ids(loaded.processor, where)
+    torch.set_num_threads(threads or decode_threads(loaded.model, device))
+    generator, seed = make_generator(seed, device)
+    console.print(f"[bold]chat[/] {loaded.checkpoint} (step {loaded.step}), context {loaded.config.max_seq_len}, "
+                  f"{'greedy' if sampling.temperature <= 0 else f'temperature {sampling.temperature:g}'}"
+                  f"{f', seed {seed}' if sampling.temperature > 0 else ''}", highlight=False, soft_wrap=True)
+
+    def note(text: str) -> None:
+        console.print(f"[dim]{escape(text)}[/]", highlight=False, soft_wrap=True)
+
+    if rows is not None and output_file is not None:
+        def on_reply(i: int, result, dropped: int) -> None:
+            cut = f"; dropped its oldest {dropped} turn(s) to fit the context" if dropped else ""
+            note(f"conversation {i + 1}/{len(rows)}: {len(result.ids)} tokens, stopped at {result.stop}{cut}")
+
+        replies = reply_to_conversations(loaded.model, loaded.processor, ids, rows, sampling, generator, on_reply)
+        atomic_write_text(output_file, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in replies))
+        console.print(f"[green]chat[/]: {len(replies)} replies written to {output_file}", highlight=False,
+                      soft_wrap=True)
+        return
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    note(CHAT_HELP)
+    ChatSession(loaded.model, loaded.processor, ids, sampling, generator, system, write, note).run(sys.stdin)

@@ -6,8 +6,17 @@ score per line, for people) and ``_manifest.json`` (config, input digest, the mo
 the special ids, what the sample held, and the compression measured on held-out documents).
 
 Special ids are fixed, as llama2.c's run.c expects: unk=0, bos=1, eos=2, pad=3, then ``\\n``
-(one piece, always) at 4, the `--user-symbols` from 5 in the order given, then the 256 byte
-pieces ``<0x00>``..``<0xFF>`` (5..260 without user symbols), then the learned pieces.
+(one piece, always) at 4, the chat tokens ``<|system|>``, ``<|user|>``, ``<|assistant|>``,
+``<|end|>`` at 5..8, the `--user-symbols` from 9 in the order given, then the 256 byte pieces
+``<0x00>``..``<0xFF>`` (9..264 without user symbols), then the learned pieces.
+
+The chat tokens are control pieces, like BOS and EOS: SentencePiece never produces them from
+text, so a document (or a chat message) that spells ``<|user|>`` is encoded as those characters,
+and only code that means a role token puts its id in (`nonllama.chat`). SentencePiece numbers
+control symbols before user-defined ones, which would move the newline off id 4; so the trainer
+gets them as user-defined symbols right after the newline (that fixes their ids) and the trained
+model is then rewritten with their type set to control (`_mark_control`). Tokenizers trained
+before the chat tokens existed (and llama2.c's) have none: everything but chat works with them.
 
 Lossless by construction:
 - ``normalization_rule_name="identity"``: the default nmt_nfkc would turn the full-width Chinese
@@ -69,6 +78,7 @@ from nonllama.pipeline.io import (
     json_digest,
     require_finished,
 )
+from nonllama.protobuf import fields, message_field, varint
 
 STAGE = "train-tokenizer"
 MODEL_NAME = "tokenizer.model"
@@ -77,6 +87,8 @@ VOCAB_NAME = "tokenizer.vocab"
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 SPECIAL_IDS = {"unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID}
 NEWLINE_PIECE = "\n"
+# the roles of a conversation and the end of a message: control pieces at ids 5..8 (see above)
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 SPACE_MARK = "\u2581"  # how SentencePiece writes a space inside pieces
 
 MODEL_TYPES = ("bpe", "unigram")
@@ -111,15 +123,16 @@ class TokenizerConfig:
             # set the real minimum, which training reports exactly
             raise StageError(
                 f"--vocab-size {self.vocab_size}: must be more than the {fixed} fixed pieces (4 special, the "
-                f"newline, 256 bytes{f', {len(self.user_symbols)} user symbols' if self.user_symbols else ''}) "
+                f"newline, {len(CHAT_TOKENS)} chat tokens, 256 bytes{f', {len(self.user_symbols)} user symbols' if self.user_symbols else ''}) "
                 "plus the text's characters; train-tokenizer names the exact minimum once it has read the text")
         if self.sample_bytes < 1:
             raise StageError(f"--sample-bytes {self.sample_bytes}: must be positive")
         if self.threads < 1:
             raise StageError(f"--threads {self.threads}: must be at least 1")
         for symbol in self.user_symbols:
-            if not symbol or symbol == NEWLINE_PIECE or symbol in ("<unk>", "<s>", "</s>", "<pad>"):
-                raise StageError(f"--user-symbols {symbol!r}: empty, or already a reserved piece")
+            if not symbol or symbol == NEWLINE_PIECE or symbol in ("<unk>", "<s>", "</s>", "<pad>", *CHAT_TOKENS):
+                raise StageError(f"--user-symbols {symbol!r}: empty, or already a reserved piece (the specials, "
+                                 f"the newline and the chat tokens {', '.join(CHAT_TOKENS)} are always there)")
         if len(set(self.user_symbols)) != len(self.user_symbols):
             raise StageError(f"--user-symbols {self.user_symbols}: a symbol is given twice")
 
@@ -141,8 +154,8 @@ def doc_unit_hash(ids: Sequence[str | None] | pa.Array | pa.ChunkedArray, seed: 
 
 
 def meta_pieces(config: TokenizerConfig) -> int:
-    """Pieces that exist whatever the text: specials, newline, 256 bytes, user symbols."""
-    return len(SPECIAL_IDS) + 1 + 256 + len(config.user_symbols)
+    """Pieces that exist whatever the text: specials, newline, chat tokens, 256 bytes, user symbols."""
+    return len(SPECIAL_IDS) + 1 + len(CHAT_TOKENS) + 256 + len(config.user_symbols)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -439,7 +452,8 @@ def train_sentencepiece(sentence_files: Path | Sequence[Path], model_file: Path,
                 byte_fallback=True,
                 split_digits=True,
                 allow_whitespace_only_pieces=True,
-                user_defined_symbols=[NEWLINE_PIECE, *config.user_symbols],
+                # the chat tokens here only to fix their ids (5..8): made control below
+                user_defined_symbols=[NEWLINE_PIECE, *CHAT_TOKENS, *config.user_symbols],
                 unk_id=UNK_ID,
                 bos_id=BOS_ID,
                 eos_id=EOS_ID,
@@ -451,6 +465,37 @@ def train_sentencepiece(sentence_files: Path | Sequence[Path], model_file: Path,
             )
     except RuntimeError as e:
         raise StageError(_explain_training_error(str(e), config, sample_bytes)) from None
+    model = Path(model_file)
+    model.write_bytes(_mark_control(model.read_bytes(), CHAT_TOKENS))
+
+
+# ---- the chat tokens from user-defined to control, in the serialized model
+#
+# A ModelProto is a protobuf message: field 1 the pieces (SentencePiece {piece = 1; score = 2;
+# type = 3}), field 2 the TrainerSpec (control_symbols = 30, user_defined_symbols = 31). The few
+# fields touched are rewritten by hand (sentencepiece does not depend on the protobuf package);
+# every other byte is kept as it is, so the model stays what the trainer wrote (nonllama.protobuf).
+
+_CONTROL = 3  # ModelProto.SentencePiece.Type.CONTROL
+
+
+def _mark_control(model: bytes, symbols: Sequence[str]) -> bytes:
+    """The serialized model with the pieces `symbols` typed CONTROL, and the trainer spec listing
+    them as control symbols instead of user-defined ones."""
+    wanted = {s.encode() for s in symbols}
+    out = bytearray()
+    for number, value, raw in fields(model):
+        if number == 1 and isinstance(value, bytes):
+            subfields = list(fields(value))
+            if any(n == 1 and v in wanted for n, v, _ in subfields):
+                kept = b"".join(r for n, _, r in subfields if n != 3)
+                raw = message_field(1, kept + varint(3 << 3 | 0) + varint(_CONTROL))
+        elif number == 2 and isinstance(value, bytes):
+            kept = b"".join(r for n, v, r in fields(value) if not (n == 31 and v in wanted))
+            controls = b"".join(message_field(30, s.encode()) for s in symbols)
+            raw = message_field(2, kept + controls)
+        out += raw
+    return bytes(out)
 
 
 def _explain_training_error(message: str, config: TokenizerConfig, sample_bytes: int) -> str:
@@ -648,6 +693,7 @@ def _train(inp: StageInput, output_dir: Path, config: TokenizerConfig, ctx: Stag
         "tokenizer_sha256": model_sha,
         "vocab_size": processor.vocab_size(),
         "special_ids": {**SPECIAL_IDS, "newline": processor.piece_to_id(NEWLINE_PIECE)},
+        "chat_ids": {token: processor.piece_to_id(token) for token in CHAT_TOKENS},
         "byte_fallback": True,
         "sample": {**sample, "sentence_max_bytes": MAX_SENTENCE_BYTES},
         "held_out": held_out,
