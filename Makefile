@@ -65,6 +65,11 @@ WARMUP     ?= 20
 NPROC      ?= 1
 RUN        ?= $(PRESET)
 TRAIN_OPTS ?=
+# --- supervised fine-tuning (`make sft`, after train): conversations, by default the built-in chat sample
+SFT_DATA  ?= sample
+SFT_STEPS ?= 200
+SFT_OPTS  ?=
+SFT_RUN   := $(WORK)/runs/$(RUN)-sft
 # --- generation at the end of the funnel: prompts separated by ';'
 PROMPTS        ?= Once upon a time;很久很久以前
 MAX_NEW_TOKENS ?= 100
@@ -89,7 +94,7 @@ TRAIN_ARGS     := --workdir $(WORK) --name $(RUN) --preset $(PRESET) --max-steps
                   --seq-len $(SEQ_LEN) --batch-size $(BATCH_SIZE) --grad-accum $(GRAD_ACCUM) \
                   --lr $(LR) --min-lr $(MIN_LR) --warmup $(WARMUP) --nproc $(NPROC) $(TRAIN_OPTS)
 
-.PHONY: all setup dev download normalize filter dedup train-tokenizer pack train generate report test bench lint clean
+.PHONY: all setup dev download normalize filter dedup train-tokenizer pack train generate sft report test bench lint clean
 
 all: generate
 	@echo "funnel done: see $(WORK)/ (and \`make report\`)"
@@ -144,6 +149,16 @@ train: pack
 generate: train
 	printf '%s\n' '$(subst ;,' ',$(PROMPTS))' | $(NONLLAMA) generate - --run $(WORK)/runs/$(RUN) \
 	    --max-new-tokens $(MAX_NEW_TOKENS) $(GEN_OPTS) --save $(WORK)/runs/$(RUN)/samples.json
+
+# Fine-tunes the run on conversations, then answers two questions (in $(SFT_RUN)/chat-out.jsonl).
+sft: train
+	$(NONLLAMA) sft --from $(WORK)/runs/$(RUN) --data $(SFT_DATA) --out $(SFT_RUN) \
+	    --max-steps $(SFT_STEPS) --nproc $(NPROC) $(SFT_OPTS) --auto-resume
+	printf '%s\n' '{"messages":[{"role":"user","content":"What is 2 plus 3?"}]}' \
+	    '{"messages":[{"role":"user","content":"3加4等于几？"}]}' > $(SFT_RUN)/chat-in.jsonl
+	$(NONLLAMA) generate --chat --run $(SFT_RUN) --input $(SFT_RUN)/chat-in.jsonl \
+	    --output $(SFT_RUN)/chat-out.jsonl --temperature 0 --max-new-tokens 40
+	cat $(SFT_RUN)/chat-out.jsonl
 
 report: $(SETUP)
 	$(NONLLAMA) report --workdir $(WORK) -o $(WORK)/report.html

@@ -193,3 +193,55 @@ def test_report_renders_the_sample_run_and_the_funnel_adds_up(straight, tmp_path
     assert "很久很久以前" in page  # the saved generations
     md = build_report(work, tmp_path / "report.md")
     assert (tmp_path / "report_files").is_dir() and md.figures == len(list((tmp_path / "report_files").iterdir()))
+
+
+def test_make_sft_ends_its_answers_where_the_base_model_does_not(straight) -> None:
+    """`make sft` after `make all`: fine-tunes the run on the chat sample and prints a conversation.
+    On the held-out conversations (the sft val split), the fine-tuned model ends its answers with
+    `<|end|>` far more often than the base model, and its loss on their assistant tokens is lower."""
+    from nonllama.chat import chat_ids, encode_prompt
+    from nonllama.generate import load_run
+    from nonllama.sft.data import held_out
+    from nonllama.sft.sample import chat_sample
+    from nonllama.sft.windows import ChatWindows
+
+    work = straight[0]
+    printed = make(work, "sft", SFT_STEPS="150", SFT_OPTS="--eval-every 50 --eval-batches 4 --val-fraction 0.25")
+    sft_run, base_run = work / "runs" / f"{RUN}-sft", work / "runs" / RUN
+    replies = [json.loads(line) for line in (sft_run / "chat-out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(replies) == 2 and all(r["messages"][-1]["role"] == "assistant" for r in replies)
+    assert replies[0]["messages"][-1]["content"] in printed  # the conversation is printed
+
+    manifest = json.loads((sft_run / "sft-data" / "_manifest.json").read_text())
+    options = manifest["options"]
+    base = load_run(base_run)
+    ids = chat_ids(base.processor, "base")
+    questions = [{"messages": c["messages"][: 3 if c["messages"][0]["role"] == "system" else 2][:-1]}
+                 for i, c in enumerate(chat_sample(options["seed"]))
+                 if held_out("sample", i, options["val_fraction"], options["seed"])]
+    # those whose prompt leaves room for a 16-token answer in the tiny model's 64-token context
+    questions = [q for q in questions if len(encode_prompt(base.processor, q["messages"], ids)) + 16 <= manifest["seq_len"]]
+    assert len(questions) >= 10
+    asked = work / "held-out-questions.jsonl"
+    asked.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions), encoding="utf-8")
+
+    def ended(run: Path) -> int:
+        out = run / "held-out-replies.jsonl"
+        done = subprocess.run([sys.executable, "-m", "nonllama", "generate", "--chat", "--run", str(run), "--input",
+                               str(asked), "--output", str(out), "--temperature", "0", "--max-new-tokens", "16"],
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        return (done.stdout + done.stderr).count("stopped at end")
+
+    base_ended, sft_ended = ended(base_run), ended(sft_run)
+    assert sft_ended >= 0.8 * len(questions) and sft_ended >= base_ended + 0.5 * len(questions), (base_ended, sft_ended)
+
+    windows = ChatWindows(sft_run / "sft-data")
+    seq_len = manifest["seq_len"]
+    x, y = windows.batch("val", list(range(len(windows.val))), seq_len, torch.device("cpu"))
+
+    def held_out_loss(run: Path) -> float:
+        with torch.no_grad():
+            return float(load_run(run).model(x, y)[1])
+
+    assert held_out_loss(sft_run) < held_out_loss(base_run) - 0.5

@@ -336,21 +336,24 @@ def _records(file: SourceFile, task: DownloadTask) -> Iterator[Record | BadRecor
         return
     from nonllama.pipeline.readers import iter_file
 
+    path, shown = local_copy(file, task.cache_dir, task.refetch_before)
+    yield from iter_file(path, text_field=cfg.text_field, split_on=cfg.split_on, display_name=shown)
+
+
+def local_copy(file: SourceFile, cache_dir: Path, refetch_before: float | None = None) -> tuple[Path, str]:
+    """(a path on this machine holding `file`, the name its bad records are reported under): a
+    local file as it is; a Hub or URL file fetched into `cache_dir` (or found there)."""
     if file.kind == "local":
-        path, shown = Path(file.location), file.location
-    elif file.kind == "hub":
+        return Path(file.location), file.location
+    if file.kind == "hub":
         from nonllama.pipeline.remote import HubSpec, fetch_hub_file
 
         assert file.repo_id is not None and file.revision is not None
-        path = fetch_hub_file(HubSpec(file.repo_id, None, file.revision), file.location, file.revision, task.cache_dir / "hf")
-        shown = f"hf:{file.repo_id}@{file.revision}/{file.location}"
-    else:
-        from nonllama.pipeline.remote import fetch_url
+        path = fetch_hub_file(HubSpec(file.repo_id, None, file.revision), file.location, file.revision, cache_dir / "hf")
+        return path, f"hf:{file.repo_id}@{file.revision}/{file.location}"
+    from nonllama.pipeline.remote import fetch_url
 
-        path = fetch_url(file.location, task.cache_dir / "http", version=file.version,
-                         refetch_before=task.refetch_before)
-        shown = file.location
-    yield from iter_file(path, text_field=cfg.text_field, split_on=cfg.split_on, display_name=shown)
+    return fetch_url(file.location, cache_dir / "http", version=file.version, refetch_before=refetch_before), file.location
 
 
 def _bad_record_category(reason: str) -> str:

@@ -538,7 +538,7 @@ def _compile_split_on(split_on: str) -> re.Pattern[str]:
 def iter_file(
     path: Path,
     *,
-    text_field: str = "text",
+    text_field: str | None = "text",
     split_on: str | None = None,
     display_name: str | None = None,
 ) -> Iterator[Record | BadRecord]:
@@ -550,6 +550,9 @@ def iter_file(
     is what `BadRecord.file` says. Records carry a 0-based `position` that is stable
     across reruns (line/row/document/page ordinal, bad records included).
 
+    `text_field=None` reads whole objects (JSON, JSONL, Parquet only): each Record's text is ""
+    and its meta every field as it is (`sft` reads chat records this way, their checks its own).
+
     Raises SourceError at once for an unsupported suffix or an invalid `split_on`, and
     while reading for a Parquet/CSV file without the `text_field` column.
     """
@@ -559,6 +562,9 @@ def iter_file(
     if fmt is None:
         raise SourceError(f"{shown}: unsupported file type (supported: {_SUPPORTED_HELP})")
     kind, compression = fmt
+    if text_field is None and kind not in ("jsonl", "json", "parquet"):
+        raise SourceError(f"{shown}: records are read from .jsonl, .json or .parquet files (each plain or "
+                          "compressed), not from this file type")
     pattern = None
     if kind == "txt" and split_on is not None and split_on != "blank-line":
         pattern = _compile_split_on(split_on)
@@ -680,7 +686,7 @@ def _meta_from(fields: dict[str, Any], text_field: str) -> dict[str, Any]:
 
 def _record_from_object(
     obj: Any,
-    text_field: str,
+    text_field: str | None,
     position: int,
     shown: str,
     line: int,
@@ -698,6 +704,10 @@ def _record_from_object(
 
     if not isinstance(obj, dict):
         return bad(f"not a JSON object (got {_json_type(obj)})")
+    if text_field is None:  # the whole object (see iter_file)
+        if (raw is None or "\\u" in raw) and _has_lone_surrogate(obj):
+            return bad("invalid Unicode: lone surrogate escape (\\uD800-\\uDFFF)")
+        return Record("", position, _json_safe(obj) if non_finite else obj)
     if text_field not in obj:
         return bad(f"missing field {text_field!r}")
     text = obj[text_field]
@@ -712,7 +722,7 @@ def _record_from_object(
 
 
 def _read_jsonl(
-    path: Path, compression: str | None, shown: str, text_field: str
+    path: Path, compression: str | None, shown: str, text_field: str | None
 ) -> Iterator[Record | BadRecord]:
     """One JSON object per line; blank lines skipped; positions count non-blank lines."""
     decoder = _JsonDecoder()
@@ -761,7 +771,7 @@ def _first_significant_byte(path: Path, compression: str | None) -> bytes:
 
 
 def _read_json(
-    path: Path, compression: str | None, shown: str, text_field: str
+    path: Path, compression: str | None, shown: str, text_field: str | None
 ) -> Iterator[Record | BadRecord]:
     """A JSON array of objects, or JSON Lines under a .json name (C4's `*.json.gz` are)."""
     if _first_significant_byte(path, compression) != b"[":
@@ -822,7 +832,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _read_parquet(path: Path, shown: str, text_field: str) -> Iterator[Record | BadRecord]:
+def _read_parquet(path: Path, shown: str, text_field: str | None) -> Iterator[Record | BadRecord]:
     """Rows of a Parquet file, batch by batch; BadRecord.line is the 1-based row number."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -830,6 +840,12 @@ def _read_parquet(path: Path, shown: str, text_field: str) -> Iterator[Record | 
     try:
         parquet = pq.ParquetFile(path)
         columns = parquet.schema_arrow.names
+        if text_field is None:  # whole rows (see iter_file)
+            for row, fields in enumerate(
+                f for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS) for f in batch.to_pylist()
+            ):
+                yield Record("", row, {k: _jsonable(v) for k, v in fields.items()})
+            return
         if text_field not in columns:
             raise SourceError(
                 f"{shown}: no column {text_field!r} (columns: {', '.join(columns)}); "

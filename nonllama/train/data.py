@@ -257,7 +257,13 @@ class ShardedTokens:
 
 
 class PackedData:
-    """The train and val shards of a packed/ directory, memory-mapped (nothing is read up front)."""
+    """The train and val shards of a packed/ directory, memory-mapped (nothing is read up front).
+
+    What the training loop reads through (`nonllama sft`'s chat windows offer the same:
+    nonllama.sft.windows.ChatWindows): `sampler`, `batch`, `can_eval`, `eval_starts`,
+    `initial_weights`, and `masked` (False: every target counts)."""
+
+    masked = False
 
     def __init__(self, packed_dir: Path):
         self.dir = Path(packed_dir)
@@ -299,6 +305,28 @@ class PackedData:
                     raise StageError(f"{path}: its sha256 differs from {self.dir / MANIFEST_NAME}: it changed "
                                      f"after packing; {REPACK}")
 
+    def describe(self) -> str:
+        return f"{len(self.train):,} train tokens"
+
+    def sampler(self, seq_len: int, seed: int) -> WindowSampler:
+        return WindowSampler(len(self.train), seq_len, seed)
+
+    def batch(self, split: str, starts: list[int], seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return get_batch(self.train if split == "train" else self.val, starts, seq_len, device)
+
+    def can_eval(self, seq_len: int) -> bool:
+        return len(self.val) > seq_len
+
+    def no_eval_warning(self, seq_len: int) -> str:
+        return f"the val shards of {self.dir} hold {len(self.val)} tokens, fewer than --seq-len + 1: no evaluation"
+
+    def eval_starts(self, seq_len: int, count: int) -> list[int]:
+        return eval_starts(len(self.val), seq_len, count)
+
+    def initial_weights(self) -> dict | None:
+        """Pretraining starts from the model's own initialisation."""
+        return None
+
     @property
     def tokenizer_dir(self) -> Path | None:
         """The tokenizer directory the manifest names (pack records it relative to packed/), or None."""
@@ -320,6 +348,20 @@ class PackedData:
         if self.tokenizer_digest and file_sha256(model) != self.tokenizer_digest:
             return None, f"{model} changed since {self.dir} was packed (its sha256 differs)"
         return model, ""
+
+
+IGNORE_INDEX = -100  # a target that does not count (F.cross_entropy's default ignore_index)
+
+
+def open_data(directory: Path) -> PackedData:
+    """What `train` reads from `directory`: a packed/ directory, or the chat windows `nonllama sft`
+    prepared (nonllama.sft.windows.ChatWindows, which answers the same calls)."""
+    manifest = read_manifest(Path(directory))
+    if manifest is not None and manifest.get("stage") == "sft-data":
+        from nonllama.sft.windows import ChatWindows
+
+        return ChatWindows(Path(directory))  # type: ignore[return-value]
+    return PackedData(Path(directory))
 
 
 def write_packed(directory: Path, splits: dict[str, Sequence[np.ndarray]], vocab_size: int, *,

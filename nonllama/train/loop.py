@@ -5,6 +5,13 @@
     norm is not finite, AdamW, schedule; log metrics; every eval_every steps evaluate on the val
     shards; every save_every steps write a checkpoint (never of weights that are not finite).
 
+The data is a packed/ directory (every target counts) or the chat windows of `nonllama sft`
+(`masked`: only the targets the loss mask keeps count, the others are IGNORE_INDEX; the run
+starts from the base run's weights). With a mask, the loss of a step is the mean over every
+counted target of the step, whatever micro-batch and rank holds it: each micro-batch's mean is
+weighted by its share of the step's counted targets (counted on every rank before the first
+forward), so N processes equal one with --grad-accum N here too.
+
 Under `torch.distributed.run` (RANK, WORLD_SIZE, LOCAL_RANK set) the model is wrapped in
 DistributedDataParallel, NCCL on GPUs, gloo on CPU; rank 0 alone writes files and prints.
 """
@@ -48,7 +55,7 @@ from nonllama.train.checkpoint import (
     set_rng_state,
 )
 from nonllama.train.config import TrainConfig, to_toml
-from nonllama.train.data import PackedData, ShardedTokens, WindowSampler, eval_starts, get_batch
+from nonllama.train.data import IGNORE_INDEX, PackedData, open_data
 from nonllama.train.launch import LAUNCHED_ENV
 from nonllama.train.metrics import METRICS_NAME, PLOT_NAME, SAMPLES_NAME, plot_losses
 
@@ -143,7 +150,7 @@ def decide_auto_resume(config: TrainConfig, world_size: int) -> AutoDecision:
     saved, asked = dict(state.get("config", {})), config.to_dict()
     changed = [f"{k} {saved.get(k)!r} -> {asked[k]!r}" for k in asked
                if k not in RUN_CONTROL and saved.get(k) != asked[k]]
-    data = PackedData(Path(config.data))
+    data = open_data(Path(config.data))
     if state.get("data_digest") != data.digest:
         changed.append(f"the tokens in {config.data}")
     else:
@@ -191,16 +198,17 @@ def clear_run(out: Path) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: Llama, tokens: ShardedTokens, config: TrainConfig, ranks: Distributed,
+def evaluate(model: Llama, data: PackedData, config: TrainConfig, ranks: Distributed,
              dtype: torch.dtype) -> dict[str, float]:
     """Loss, perplexity, top-1 and top-5 next-token accuracy on a fixed set of validation windows,
-    split over the ranks and summed back."""
-    starts = eval_starts(len(tokens), config.seq_len, config.eval_batches * config.batch_size)
+    split over the ranks and summed back (over the targets that count: all of them in packed
+    data, the assistant's in chat windows)."""
+    starts = data.eval_starts(config.seq_len, config.eval_batches * config.batch_size)
     mine = starts[ranks.rank::ranks.world_size]
     sums = torch.zeros(4, dtype=torch.float64, device=ranks.device)  # loss, top-1, top-5, targets
     model.eval()
     for i in range(0, len(mine), config.batch_size):
-        x, y = get_batch(tokens, mine[i:i + config.batch_size], config.seq_len, ranks.device)
+        x, y = data.batch("val", mine[i:i + config.batch_size], config.seq_len, ranks.device)
         with autocast(ranks.device, dtype):
             logits, _ = model(x)
         logits = logits.float()
@@ -208,7 +216,7 @@ def evaluate(model: Llama, tokens: ShardedTokens, config: TrainConfig, ranks: Di
         sums[0] += F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
         sums[1] += (top5[..., 0] == y).sum()
         sums[2] += (top5 == y.unsqueeze(-1)).any(-1).sum()
-        sums[3] += y.numel()
+        sums[3] += (y != IGNORE_INDEX).sum()  # an ignored target matches no logit
     model.train()
     if ranks.world_size > 1:
         dist.all_reduce(sums)
@@ -242,7 +250,7 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
 def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Console) -> dict:
     out = Path(config.out)
     checkpoint = prepare_run(config, resume)
-    data = PackedData(Path(config.data))
+    data = open_data(Path(config.data))
     if os.environ.get(LAUNCHED_ENV) != "1":  # `nonllama train --nproc N` checked them before it launched
         data.verify()
     state = load_checkpoint(checkpoint) if checkpoint is not None else None
@@ -263,8 +271,12 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
     model = Llama(model_config).to(device)
     optimizer = model.configure_optimizer(config.lr, config.weight_decay, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    sampler = WindowSampler(len(data.train), config.seq_len, config.seed)
+    sampler = data.sampler(config.seq_len, config.seed)
     step, tokens_seen, skipped, bad_streak = 0, 0, 0, 0
+    initial = data.initial_weights() if state is None else None
+    if initial is not None:  # sft: a new run starts from the base run's weights
+        model.load_state_dict(initial)
+        del initial
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -279,14 +291,13 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
     if ranks.world_size > 1:
         trained = torch.nn.parallel.DistributedDataParallel(
             compiled, device_ids=[ranks.local_rank] if device.type == "cuda" else None)
-    can_eval = len(data.val) > config.seq_len
+    can_eval = data.can_eval(config.seq_len)
 
     log = RunLog(out, config, resumed_at=step if checkpoint is not None else None, enabled=ranks.is_main)
     if ranks.is_main:
         log.start(data, model.num_params(), dtype, ranks, total_steps, console)
         if not can_eval:
-            console.print(f"[yellow]warning:[/] the val shards of {data.dir} hold {len(data.val)} tokens, "
-                          f"fewer than --seq-len + 1: no evaluation", highlight=False)
+            console.print(f"[yellow]warning:[/] {data.no_eval_warning(config.seq_len)}", highlight=False)
 
     def snapshot() -> dict:
         return {
@@ -316,20 +327,28 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
+            # masked data: the step's micro-batches read first, to weigh each by its counted targets
+            masked = [next_batch(data, sampler, config, ranks) for _ in range(config.grad_accum)] if data.masked else []
+            counted, step_counted = counted_targets(masked, ranks)
             for micro in range(config.grad_accum):
-                x, y = get_batch(data.train, sampler.next_starts(config.batch_size, ranks.rank, ranks.world_size),
-                                 config.seq_len, device)
+                x, y = masked[micro] if masked else next_batch(data, sampler, config, ranks)
                 # gradients are averaged over ranks only once, after the last micro-batch
                 last_micro = micro == config.grad_accum - 1
                 sync = nullcontext() if ranks.world_size == 1 or last_micro else trained.no_sync()
                 with sync:
                     with autocast(device, dtype):
                         _, loss = trained(x, y)
-                    scaler.scale(loss / config.grad_accum).backward()
-                loss_sum += loss.detach()
+                    if masked:  # DDP averages over ranks: world_size undoes that
+                        scaler.scale(loss * (counted[micro] * ranks.world_size / step_counted)).backward()
+                    else:
+                        scaler.scale(loss / config.grad_accum).backward()
+                loss_sum += loss.detach() * counted[micro] if masked else loss.detach()
             if ranks.world_size > 1:
                 dist.all_reduce(loss_sum)
-            loss_value = loss_sum.item() / (config.grad_accum * ranks.world_size)
+            if masked:
+                loss_value = loss_sum.item() / step_counted
+            else:
+                loss_value = loss_sum.item() / (config.grad_accum * ranks.world_size)
             grad_norm, problem, scaler_overflow = math.nan, f"loss {loss_value}", False
             if math.isfinite(loss_value):
                 scaler.unscale_(optimizer)
@@ -368,7 +387,7 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
             # on the schedule or at the very end, not at --stop-at: a stopped-and-resumed run
             # logs exactly what the straight run logs
             if can_eval and (step % config.eval_every == 0 or step == total_steps):
-                last.update(evaluate(model, data.val, config, ranks, dtype))
+                last.update(evaluate(model, data, config, ranks, dtype))
                 log.eval(last)
             if step % config.save_every == 0 or step == stop:
                 save()
@@ -378,6 +397,24 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
     log.finish()
     return {**last, "step": step, "tokens": tokens_seen, "skipped": skipped, "total_steps": total_steps,
             "checkpoint": str(latest_checkpoint(out)) if ranks.is_main else None, "out": str(out)}
+
+
+def next_batch(data: PackedData, sampler, config: TrainConfig, ranks: Distributed) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's inputs and targets for the next micro-step."""
+    return data.batch("train", sampler.next_starts(config.batch_size, ranks.rank, ranks.world_size),
+                      config.seq_len, ranks.device)
+
+
+def counted_targets(batches: list[tuple[torch.Tensor, torch.Tensor]], ranks: Distributed) -> tuple[list[int], int]:
+    """(the counted targets of each of this rank's micro-batches, those of the whole step on
+    every rank); ([], 0) for unmasked data."""
+    if not batches:
+        return [], 0
+    counted = [int((y != IGNORE_INDEX).sum()) for _, y in batches]
+    total = torch.tensor(sum(counted), dtype=torch.int64, device=ranks.device)
+    if ranks.world_size > 1:
+        dist.all_reduce(total)
+    return counted, int(total)
 
 
 class RunLog:
@@ -419,7 +456,7 @@ class RunLog:
                           "will need --tokenizer", highlight=False)
         console.print(
             f"[bold]train[/] {n_params / 1e6:.2f}M parameters, vocab {data.vocab_size}, "
-            f"{len(data.train):,} train tokens, {ranks.world_size} process(es) on {ranks.device.type}, "
+            f"{data.describe()}, {ranks.world_size} process(es) on {ranks.device.type}, "
             f"{str(dtype).removeprefix('torch.')}, {self.config.tokens_per_step(ranks.world_size):,} tokens/step, "
             f"{total_steps:,} steps -> {self.out}", highlight=False)
 
