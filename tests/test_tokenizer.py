@@ -91,6 +91,28 @@ def test_rerun_is_a_no_op_and_force_is_deterministic(trained, cli):
     assert model.read_bytes() == before
 
 
+def test_a_tokenizer_made_before_the_chat_tokens_is_not_up_to_date(trained, cli, tmp_path):
+    """Its manifest has no `fixed_pieces`: the next run retrains it (so `make sft` after an
+    upgrade does not meet an old tokenizer that the stage calls up to date)."""
+    import json
+    import shutil
+
+    from nonllama.chat import has_chat_tokens
+    from nonllama.pipeline.tokenizer import load_processor
+
+    work = tmp_path / "work"
+    shutil.copytree(trained / "tokenizer", work / "tokenizer")
+    manifest_path = work / "tokenizer" / "_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["dependencies"]["fixed_pieces"].endswith("<|assistant|> <|end|>")
+    manifest["dependencies"] = {}  # as written before the chat tokens
+    manifest_path.write_text(json.dumps(manifest))
+    args = ("train-tokenizer", "-i", trained / "normalized", "--workdir", work, "--vocab-size", "2000", "--threads", "2")
+    assert "up to date" not in cli(*args).output
+    assert has_chat_tokens(load_processor(work / "tokenizer" / "tokenizer.model"))
+    assert "up to date" in cli(*args).output
+
+
 def test_sample_bytes_bounds_the_sample(tmp_path, trained, cli):
     args = ("train-tokenizer", "-i", trained / "normalized", "--vocab-size", "1800", "--threads", "2",
             "--sample-bytes", "60K")

@@ -612,6 +612,10 @@ def compression_tables(groups: Sequence[tuple]) -> dict:
 # --------------------------------------------------------------------------- the stage
 
 
+# the pieces at fixed ids 0-8, in order (see the module docstring)
+FIXED_PIECES = " ".join(["<unk>", "<s>", "</s>", "<pad>", "newline", *CHAT_TOKENS])
+
+
 def config_to_dict(config: TokenizerConfig) -> dict:
     return asdict(config)
 
@@ -634,6 +638,9 @@ def run_train_tokenizer(
     job = StageJob(STAGE, config_to_dict(config), output_dir, [input_dir],
                    {"dir": str(input_dir), "stage": inp.stage, "digest": inp.digest},
                    lambda ctx: _train(inp, output_dir, config, ctx, console),
+                   # the fixed pieces are part of what a tokenizer is: one trained before the chat
+                   # tokens existed is not up to date, so `make sft` after an upgrade retrains it
+                   dependencies={"fixed_pieces": FIXED_PIECES},
                    complete=lambda: (output_dir / MODEL_NAME).exists())
     return drive(job, executor=executor, workers=workers, force=force, console=console)
 
