@@ -230,9 +230,11 @@ def conversation_pieces(messages: list[dict], encode, capacity: int) -> tuple[li
 
 
 def held_out(file: str, position: int, fraction: float, seed: int) -> bool:
-    """Whether a conversation goes to the val split: a hash of where it came from, so the split
-    stays put whatever the order or number of sources."""
-    u = xxhash.xxh64_intdigest(f"{file}#{position}".encode("utf-8", "surrogatepass"), seed) / 2.0**64
+    """Whether a conversation goes to the val split: a hash of the name of the file it came from
+    (not its directory: a moved or copied dataset keeps its split) and its position there, so the
+    split stays put whatever the order or number of sources."""
+    name = file.rstrip("/").rsplit("/", 1)[-1]
+    u = xxhash.xxh64_intdigest(f"{name}#{position}".encode("utf-8", "surrogatepass"), seed) / 2.0**64
     return u < fraction
 
 
