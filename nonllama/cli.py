@@ -38,7 +38,8 @@ app = typer.Typer(
     name="nonllama",
     rich_markup_mode="rich" if RICH_HELP else None,
     help="From raw text to a small Llama-style model: "
-    "download -> normalize -> filter -> dedup -> train-tokenizer -> pack -> train -> generate.",
+    "download -> normalize -> filter -> dedup -> train-tokenizer -> pack -> train -> generate; "
+    "then sft to fine-tune it on conversations and generate --chat to talk to it.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
