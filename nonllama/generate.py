@@ -12,10 +12,10 @@
 - `TextStream` turns the ids into text as they come without ever emitting a broken UTF-8
   sequence: a character outside the vocabulary arrives as 2-4 byte-fallback tokens, and its
   bytes are held back until the character is complete.
-- Chat (`--chat`, a run trained with `nonllama sft`): `chat_reply` prompts with the conversation
+- Chat (`--chat`, a run trained with `nonllama sft`): the conversation is first cut to the
+  context (`nonllama.chat.fit_context` drops the oldest turns), then `chat_reply` prompts with it
   in nonllama.chat's template and `<|assistant|>`, and the reply ends at `<|end|>` (or EOS, or
-  `max_new_tokens`, or the end of the context); the oldest turns are dropped when the
-  conversation no longer fits. `ChatSession` is the interactive loop (history, `/reset`,
+  `max_new_tokens`, or the end of the context). `ChatSession` is the interactive loop (history, `/reset`,
   `/exit`), `reply_to_conversations` the file form (JSON lines of `{"messages": [...]}`).
 """
 
@@ -67,9 +67,10 @@ class LoadedRun:
         return self.model.config
 
 
-def find_checkpoint(run: Path | None, checkpoint: str | Path | None) -> tuple[Path, Path]:
+def find_checkpoint(run: Path | None, checkpoint: str | Path | None, option: str = "--run") -> tuple[Path, Path]:
     """(run directory, checkpoint file) from --run and --checkpoint: the run's latest checkpoint
-    by default; --checkpoint a file, or a step number of the run."""
+    by default; --checkpoint a file, or a step number of the run. Errors name `option`, the
+    option that gave the run."""
     if checkpoint is not None:
         path = Path(checkpoint)
         if run is not None and not path.exists() and str(checkpoint).isdigit():
@@ -78,13 +79,13 @@ def find_checkpoint(run: Path | None, checkpoint: str | Path | None) -> tuple[Pa
             raise FileNotFoundError(f"--checkpoint {checkpoint}: no such checkpoint file")
         return (Path(run) if run is not None else path.parent.parent), path
     if run is None:
-        raise ValueError("--run: which run? Give the run directory `nonllama train` wrote (e.g. work/runs/15m)")
+        raise ValueError(f"{option}: which run? Give the run directory `nonllama train` wrote (e.g. work/runs/15m)")
     run = Path(run)
     if not run.is_dir():
-        raise FileNotFoundError(f"--run {run}: no such directory")
+        raise FileNotFoundError(f"{option} {run}: no such directory")
     path = latest_checkpoint(run)
     if path is None:
-        raise FileNotFoundError(f"--run {run}: no checkpoint in {run / 'checkpoints'} (has it trained?)")
+        raise FileNotFoundError(f"{option} {run}: no checkpoint in {run / 'checkpoints'} (has it trained?)")
     return run, path
 
 
@@ -199,7 +200,6 @@ class Generation:
 def generate(model: Llama, processor: Any, prompt: str, sampling: Sampling, generator: torch.Generator | None = None,
              on_text: Callable[[str], None] | None = None) -> Generation:
     """Continue `prompt`; `on_text` receives the new text piece by piece as it is produced."""
-    sampling.check()
     return generate_ids(model, processor, encode_prompt(processor, prompt, model.config.max_seq_len), sampling,
                         generator, on_text)
 
@@ -247,16 +247,13 @@ def generate_ids(model: Llama, processor: Any, prompt_ids: list[int], sampling: 
 # --------------------------------------------------------------------------- chat (--chat)
 
 
-def chat_reply(model: Llama, processor: Any, ids: ChatIds, messages: list[dict], sampling: Sampling,
+def chat_reply(model: Llama, processor: Any, ids: ChatIds, kept: list[dict], sampling: Sampling,
                generator: torch.Generator | None = None,
-               on_text: Callable[[str], None] | None = None) -> tuple[Generation, list[dict], int]:
-    """The assistant's reply to `messages` (which end with the user's message): (the generation,
-    the messages the prompt held, how many of the oldest turns were dropped to fit the context).
-    The prompt leaves room for at least one new token; ValueError if even the last message alone
-    (and the system message) does not."""
-    kept, dropped = fit_context(processor, messages, ids, model.config.max_seq_len)
-    prompt = encode_chat_prompt(processor, kept, ids)
-    return generate_ids(model, processor, prompt, sampling, generator, on_text, end_id=ids.end), kept, dropped
+               on_text: Callable[[str], None] | None = None) -> Generation:
+    """The assistant's reply to `kept`: messages ending with the user's, as `fit_context` cut them
+    to the context (room for at least one new token)."""
+    return generate_ids(model, processor, encode_chat_prompt(processor, kept, ids), sampling, generator, on_text,
+                        end_id=ids.end)
 
 
 CHAT_HELP = "/reset starts over, /exit (or end of input) quits"
@@ -317,8 +314,8 @@ class ChatSession:
             self.note(f"the conversation outgrew the context ({context} tokens): dropped the oldest "
                       f"{dropped} turn{'s' if dropped > 1 else ''}")
         self.write(REPLY_PROMPT)
-        result = generate_ids(self.model, self.processor, encode_chat_prompt(self.processor, kept, self.ids),
-                              self.sampling, self.generator, on_text=self.write, end_id=self.ids.end)
+        result = chat_reply(self.model, self.processor, self.ids, kept, self.sampling, self.generator,
+                            on_text=self.write)
         self.write("\n")
         self.messages = [*kept, {"role": "assistant", "content": result.text}]
         if result.stop != "end":
@@ -366,14 +363,15 @@ def reply_to_conversations(model: Llama, processor: Any, ids: ChatIds, rows: lis
     """Each row (from `read_conversations`) with the assistant's reply appended to its messages.
     The messages written are the whole conversation as given, even where the prompt had to drop
     its oldest turns (`on_reply(index, generation, dropped)` hears of it)."""
+    fitted = []
     for i, row in enumerate(rows):  # all of them before any is generated: no work lost to the last one
         try:
-            fit_context(processor, row["messages"], ids, model.config.max_seq_len)
+            fitted.append(fit_context(processor, row["messages"], ids, model.config.max_seq_len))
         except ValueError as e:
             raise ValueError(f"conversation {i + 1}: {e}") from None
     out = []
-    for i, row in enumerate(rows):
-        result, _, dropped = chat_reply(model, processor, ids, row["messages"], sampling, generator)
+    for i, (row, (kept, dropped)) in enumerate(zip(rows, fitted, strict=True)):
+        result = chat_reply(model, processor, ids, kept, sampling, generator)
         out.append({**row, "messages": [*row["messages"], {"role": "assistant", "content": result.text}]})
         if on_reply is not None:
             on_reply(i, result, dropped)

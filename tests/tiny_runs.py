@@ -3,13 +3,12 @@ trained in a second, a tiny run trained through the CLI."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+from nonllama.pipeline.executors import torch_threads
 
 VOCAB = 64
 TINY = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "8", "--lr", "3e-3", "--warmup", "5",
@@ -89,17 +88,6 @@ def invoker():
         return result
 
     return invoke
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch on `n` threads inside the block, its former count after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -67,7 +67,6 @@ names the kept document of its k-means cluster it is most similar to, with their
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,7 @@ from nonllama.pipeline.driver import (
     merge_counts,
     process_shard,
 )
-from nonllama.pipeline.executors import Executor
+from nonllama.pipeline.executors import Executor, task_threads
 from nonllama.pipeline.io import (
     DEFAULT_BATCH_ROWS,
     Reporter,
@@ -918,11 +917,7 @@ def _semantic(plan: Plan, inp: StageInput, output_dir: Path, embedder: semdedup.
     in-cluster dedup, then the removals merged into the decisions. Returns (the counts, the
     manifest's `embeddings` section)."""
     config = plan.config
-    if ctx.executor.kind == "ray":
-        threads = 1  # a Ray task has one CPU
-    else:  # the local workers share this machine's cores
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, cores // max(1, ctx.executor.workers))
+    threads = task_threads(ctx.executor)
     tasks = [semdedup.EmbedTask(plan, i, part.path, part.sha256, output_dir, embedder, threads)
              for i, part in enumerate(inp.parts)]
     embedded: list[semdedup.Embedded] = run(semdedup.embed_part, tasks, "embed", inp.rows)

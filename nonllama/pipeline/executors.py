@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from rich.console import Console
@@ -226,6 +227,30 @@ class RayExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def task_threads(executor: Executor | None, workers: int = 1) -> int:
+    """CPU threads one task may use (torch's, in the tasks that run a model): a Ray task has one
+    CPU; local workers share this machine's cores. `workers`: the local pool the driver makes
+    when no executor is given."""
+    if executor is not None and executor.kind == "ray":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, executor.workers if executor is not None else workers))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch on `n` threads inside the block, and the count this process had before afterwards:
+    the process that runs the driver runs tasks too."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def make_executor(kind: str = "local", *, workers: int = 1, ray_address: str | None = None,

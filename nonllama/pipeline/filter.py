@@ -69,7 +69,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from nonllama.pipeline.driver import StageContext, run_shard_stage
-from nonllama.pipeline.executors import Executor
+from nonllama.pipeline.executors import Executor, task_threads
 from nonllama.pipeline.filter_rules import (
     GOPHER_DUP_NS,
     GOPHER_TOP_NS,
@@ -80,7 +80,6 @@ from nonllama.pipeline.filter_rules import (
     VALUE_FIELDS,
     clean_lines,
     data_dependencies,
-    file_digest,
     prose_view,
     rule_values,
 )
@@ -89,6 +88,7 @@ from nonllama.pipeline.io import (
     Reporter,
     StageRun,
     describe_part,
+    file_digest,
     iter_part_batches,
     list_parts,
     output_digest,
@@ -638,13 +638,6 @@ def absolute_model_paths(config: FilterConfig) -> FilterConfig:
     return replace(config, **{k: os.path.abspath(getattr(config, k)) for k in keys if getattr(config, k)})
 
 
-def worker_threads(executor: Executor | None, workers: int) -> int:
-    """torch threads per worker: a Ray task has one CPU; local workers share this machine's cores."""
-    if executor is not None and executor.kind == "ray":
-        return 1
-    return max(1, len(os.sched_getaffinity(0)) // max(1, executor.workers if executor is not None else workers))
-
-
 # --------------------------------------------------------------------------------------- stage
 
 
@@ -695,7 +688,7 @@ def run_filter(
     models = None
     if config.perplexity:  # the model files too: a missing one is said before any data is read
         config = absolute_model_paths(config)
-        models = model_files(config, threads=worker_threads(executor, workers))
+        models = model_files(config, threads=task_threads(executor, workers))
     return run_shard_stage(
         stage=STAGE,
         input_dir=input_dir,
@@ -758,13 +751,12 @@ def bucket_part(task: tuple[Path, dict[str, list[int]]], report: Reporter) -> di
             batch = batch.drop(BUCKET_COLUMN, strict=False)
             perplexity = batch[VALUES_COLUMN].struct.field("perplexity").cast(pl.Float64).fill_null(np.nan).to_numpy()
             sources = batch["source"].fill_null("").to_numpy()
-            buckets: list[str | None] = [None] * batch.height
+            buckets = np.full(batch.height, None, dtype=object)
             for source in np.unique(sources):
-                rows = np.flatnonzero(sources == source)
                 if str(source) in cuts:
-                    for row, bucket in zip(rows, bucket_of(perplexity[rows], cuts[str(source)]), strict=True):
-                        buckets[row] = bucket
-            writer.write(batch.with_columns(pl.Series(BUCKET_COLUMN, buckets, dtype=pl.String)))
+                    rows = sources == source
+                    buckets[rows] = bucket_of(perplexity[rows], cuts[str(source)])
+            writer.write(batch.with_columns(pl.Series(BUCKET_COLUMN, buckets.tolist(), dtype=pl.String)))
             report(batch.height, int(batch["text"].str.len_bytes().sum() or 0))
         written = writer.close()
     except BaseException:

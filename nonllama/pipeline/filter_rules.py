@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from nonllama.pipeline.io import file_sha256
+from nonllama.pipeline.io import file_digest
 from nonllama.pipeline.markdown import fenced_lines
 
 # ------------------------------------------------------------------------------- patterns
@@ -99,16 +99,6 @@ def _read_word_list(stamp: tuple[str, int, int]) -> frozenset[str]:
     text = Path(stamp[0]).read_text(encoding="utf-8")
     entries = (line.split("#", 1)[0].strip().lower() for line in text.splitlines())
     return frozenset(e for e in entries if e)
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a data file, computed once per process (again only if the file changes)."""
-    return _digest(_stamp(path))
-
-
-@cache
-def _digest(stamp: tuple[str, int, int]) -> str:
-    return file_sha256(Path(stamp[0]))
 
 
 def data_dependencies(needed: Collection[str] | None) -> dict[str, str]:

@@ -28,14 +28,14 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nonllama.pipeline.executors import torch_threads
 from nonllama.pipeline.io import StageError
 
 KENLM_HINT = "pip install -e '.[kenlm]'"
@@ -69,14 +69,10 @@ def default_sp_model(kenlm_model: Path) -> Path:
 
 def resolve_run(run: Path, option: str = "--perplexity-run") -> tuple[Path, Path]:
     """(the run's latest checkpoint, its tokenizer.model); FileNotFoundError naming `option`."""
+    from nonllama.generate import find_checkpoint
     from nonllama.pipeline.tokenizer import MODEL_NAME
-    from nonllama.train.checkpoint import latest_checkpoint
 
-    if not run.is_dir():
-        raise FileNotFoundError(f"{option} {run}: no such directory (a run directory `nonllama train` wrote)")
-    checkpoint = latest_checkpoint(run)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{option} {run}: no checkpoint in {run / 'checkpoints'} (has it trained?)")
+    _, checkpoint = find_checkpoint(run, None, option=option)
     tokenizer = run / MODEL_NAME
     if not tokenizer.is_file():
         raise FileNotFoundError(f"{option} {run}: no {MODEL_NAME} in it (train copies the tokenizer there)")
@@ -107,21 +103,6 @@ def require_kenlm() -> Any:
 
 
 # ------------------------------------------------------------------------------- the scorers
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch on `n` threads inside the block: a worker shares the cores with the other workers
-    (the driver sets `n` to cores / workers; Ray gives a task one CPU), and the process that
-    runs the driver is a worker too, so its own count comes back after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class RunScorer:
@@ -337,9 +318,11 @@ def cut_bins(histogram: np.ndarray, quantiles: Sequence[float]) -> list[int]:
     return [int(np.searchsorted(cumulative, q * n, side="left")) for q in quantiles]
 
 
-def bucket_of(perplexity: np.ndarray, cuts: Sequence[int]) -> list[str | None]:
-    """head / middle / tail per document from its bin and the cut bins (None: no perplexity)."""
+def bucket_of(perplexity: np.ndarray, cuts: Sequence[int]) -> np.ndarray:
+    """head / middle / tail per document from its bin and the cut bins (None: no perplexity), as
+    an object array."""
     ok = np.isfinite(perplexity) & (perplexity > 0)
     bins = log_bins(np.where(ok, perplexity, 1.0))
     index = np.searchsorted(np.asarray(cuts), bins, side="left")  # bins <= cut[0] -> 0
-    return [BUCKET_NAMES[i] if good else None for i, good in zip(index.tolist(), ok.tolist(), strict=True)]
+    names = np.array([*BUCKET_NAMES, None], dtype=object)
+    return names[np.where(ok, index, len(BUCKET_NAMES))]

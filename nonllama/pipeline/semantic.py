@@ -60,7 +60,6 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,12 +68,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nonllama.pipeline.executors import torch_threads
 from nonllama.pipeline.io import (
     CACHE_DIR_NAME,
     Reporter,
     StageError,
     atomic_path,
-    file_sha256,
+    file_digest,
     list_parts,
     part_name,
     require_finished,
@@ -157,15 +157,8 @@ def directory_digest(path: Path) -> str:
     per process while its size and mtime stay the same)."""
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        stat = file.stat()
-        digest.update(f"{file.relative_to(path).as_posix()}\0{_file_digest(str(file), stat.st_size, stat.st_mtime_ns)}\n"
-                      .encode())
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file)}\n".encode())
     return digest.hexdigest()
-
-
-@cache
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    return file_sha256(Path(path))
 
 
 def _hub_revision(repo_id: str) -> str:
@@ -294,17 +287,9 @@ def cache_dir(output_dir: Path) -> Path:
 
 
 def _embed(task: EmbedTask, removed: np.ndarray, where: str, path: Path, report: Reporter) -> None:
-    import torch
-
     model = load_model(task.embedder, where)
-    # a worker's share of the cores (local workers share the machine; a Ray task has one CPU), and
-    # the count this process had before afterwards: the driver process runs tasks too
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, task.threads))
-    try:
+    with torch_threads(task.threads):  # a worker's share of the cores (executors.task_threads)
         _write_embeddings(task, model, removed, path, report)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _write_embeddings(task: EmbedTask, model: Any, removed: np.ndarray, path: Path, report: Reporter) -> None:

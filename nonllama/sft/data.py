@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from nonllama.chat import ROLES
 from nonllama.pipeline.io import (
     MANIFEST_NAME,
     StageError,
@@ -57,27 +58,21 @@ from nonllama.pipeline.io import (
     read_manifest,
 )
 from nonllama.pipeline.records import BadRecord, SourceError
+from nonllama.pipeline.tokenizer import (
+    PAD_ID,  # after a window's last conversation; never a counted target
+)
 from nonllama.sft.windows import STAGE, window_files
 from nonllama.train.data import SPLITS
 
 SAMPLE_SOURCE = "sample"
 QUARANTINE_NAME = "quarantine.jsonl"
 DATA_DIR = "sft-data"
-ROLES = ("system", "user", "assistant")
-PAD_ID = 3  # the tokenizer's <pad>: after the last conversation of a window, never a counted target
 OPEN_WINDOWS = 64  # first-fit packing looks for room in this many of the latest windows
 _RAW_LIMIT = 1000
 
 
 class BadChat(ValueError):
     """A record that is no conversation; its message is "<category>: <detail>"."""
-
-
-@dataclass
-class ChatRecord:
-    file: str
-    position: int  # 0-based ordinal of the record in its file
-    messages: list[dict]
 
 
 @dataclass
