@@ -9,6 +9,20 @@
 ``gguf``     one model.gguf file for llama.cpp (fp32, architecture "llama", the SentencePiece
              vocabulary inside), written with the `gguf` package.
 
+``--quantize int8`` (nonllama.quantize: symmetric int8 weights, a float scale per group; the
+matrices 3.5-3.8x smaller, the norms stay float32):
+
+- llama2c: model.bin in llama2.c's version-2 layout, the one runq.c reads: a 256-byte header
+  (magic "ak42", version 2, the 7 sizes, a shared-classifier byte, the group size), the fp32
+  norms, then each matrix as its int8 values followed by its float32 scales, in runq.c's order
+  (embedding, wq.., wk.., wv.., wo.., w1.., w2.., w3.. of every layer, an untied classifier).
+  The group is llama2.c's 64, halved until it divides dim and the feed-forward width (runq.c's
+  matmul walks a row in whole groups). runq.c quantizes the activations too (per group, before
+  each matrix) and multiplies int8 by int8 in int32.
+- gguf: the matrices as GGML Q8_0 (blocks of 32, an fp16 scale each, written with gguf.quants);
+  a matrix whose rows are not a multiple of 32 stays F32, and the export says so.
+- hf: refused: transformers loads the fp32 (or bf16) safetensors of a LlamaForCausalLM.
+
 The conventions of the other side, and what is done about them:
 
 - Rotary embeddings. nonllama (like Hugging Face) rotates the pairs (i, i + head_dim/2) of each
@@ -52,8 +66,10 @@ from nonllama.model import Llama, ModelConfig, hf_config, to_hf_state_dict
 from nonllama.pipeline.io import StageError, atomic_path, atomic_write_text
 from nonllama.pipeline.tokenizer import CHAT_TOKENS, SPACE_MARK
 from nonllama.protobuf import fields
+from nonllama.quantize import dequantize_int8, model_group_size, quantize_int8
 
 FORMATS = ("hf", "llama2c", "gguf")
+QUANTIZATIONS = ("int8",)
 
 # SentencePiece piece types (sentencepiece_model.proto); GGUF's token types use the same numbers
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -200,8 +216,10 @@ class Exported:
 
 
 def export_run(fmt: str, out: Path, run: Path | None = None, checkpoint: str | Path | None = None,
-               tokenizer: Path | None = None, tokenizer_out: Path | None = None, force: bool = False) -> Exported:
-    """Write the run's model (latest checkpoint, or --checkpoint) in format `fmt` to `out`.
+               tokenizer: Path | None = None, tokenizer_out: Path | None = None, force: bool = False,
+               quantize: str | None = None) -> Exported:
+    """Write the run's model (latest checkpoint, or --checkpoint) in format `fmt` to `out`;
+    `quantize`: None (fp32) or "int8" (llama2c and gguf only).
 
     Nothing that exists is overwritten unless `force`, and then only a previous export of the
     same format (see `check_output`), which is checked before the run is even loaded.
@@ -212,14 +230,26 @@ def export_run(fmt: str, out: Path, run: Path | None = None, checkpoint: str | P
         raise ValueError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if tokenizer_out is not None and fmt != "llama2c":
         raise ValueError(f"--tokenizer-out {tokenizer_out}: only --format llama2c writes a separate tokenizer file")
+    check_quantize(fmt, quantize)
     check_output(fmt, Path(out), tokenizer_out, force)
     loaded = load_run(run, checkpoint, tokenizer)
     spm = read_spm_model(loaded.tokenizer)
     if fmt == "hf":
         return export_hf(loaded.model, spm, loaded.tokenizer, Path(out), force=force)
     if fmt == "llama2c":
-        return export_llama2c(loaded.model, spm, Path(out), tokenizer_out, force=force)
-    return export_gguf(loaded.model, spm, Path(out), name=loaded.run.name, force=force)
+        return export_llama2c(loaded.model, spm, Path(out), tokenizer_out, force=force, quantize=quantize)
+    return export_gguf(loaded.model, spm, Path(out), name=loaded.run.name, force=force, quantize=quantize)
+
+
+def check_quantize(fmt: str, quantize: str | None) -> None:
+    """Refuse (ValueError naming the option) a quantization the format cannot carry."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"--quantize {quantize!r}: choose {', '.join(QUANTIZATIONS)} (or leave it out for fp32)")
+    if fmt == "hf":
+        raise ValueError(f"--quantize {quantize}: --format hf writes the fp32 safetensors transformers loads "
+                         "(no int8 layout of its own); int8 goes to --format llama2c (runq.c) or gguf (Q8_0)")
 
 
 # ---- where an export may write
@@ -317,13 +347,20 @@ def _is_gguf(path: Path) -> bool:
 
 
 def _is_llama2c_model(path: Path) -> bool:
-    """A file whose size is what its version-0 header says (see `export_llama2c`)."""
+    """A file whose size is what its version-0 header says (see `export_llama2c`), or what its
+    version-2 header says (`--quantize int8`)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
-        header = f.read(28)
+        header = f.read(41)
+    if len(header) == 41 and struct.unpack("<Ii", header[:8]) == (LLAMA2C_MAGIC, 2):
+        dim, hidden, layers, heads, kv_heads, vocab, seq = struct.unpack("<7i", header[8:36])
+        shared, group = header[36], struct.unpack("<i", header[37:41])[0]
+        if min(dim, hidden, layers, heads, kv_heads, vocab, seq, group) < 1 or shared > 1 or dim % heads:
+            return False
+        return size == llama2c_int8_size(dim, hidden, layers, heads, kv_heads, vocab, bool(shared), group)
     if len(header) < 28:
         return False
-    dim, hidden, layers, heads, kv_heads, vocab, seq = struct.unpack("7i", header)
+    dim, hidden, layers, heads, kv_heads, vocab, seq = struct.unpack("7i", header[:28])
     if min(dim, hidden, layers, heads, kv_heads, seq) < 1 or vocab == 0 or dim % heads:
         return False
     head = dim // heads
@@ -501,52 +538,127 @@ def llama2c_tokenizer_entries(spm: SpmModel, order: list[int]) -> list[tuple[flo
     return entries
 
 
-def export_llama2c(model: Llama, spm: SpmModel, out: Path, tokenizer_out: Path | None = None,
-                   force: bool = False) -> Exported:
-    """model.bin (llama2.c version 0) and tokenizer.bin: both replaced, or neither."""
+LLAMA2C_MAGIC = 0x616B3432  # "ak42": the header of llama2.c's versioned files (version 2: runq.c's int8)
+LLAMA2C_HEADER = 256  # bytes, zero-padded
+INT8_GROUP = 64  # llama2.c's export.py default, halved until it fits (quantize.model_group_size)
+
+
+def llama2c_int8_size(dim: int, hidden: int, layers: int, heads: int, kv_heads: int, vocab: int,
+                      shared: bool, group: int) -> int:
+    """Bytes of a version-2 model.bin: header, fp32 norms, each matrix's int8 values (1 byte)
+    and float32 scales (4 bytes per group)."""
+    kv_dim = dim // heads * kv_heads
+    values = vocab * dim * (1 if shared else 2) + layers * (2 * dim * dim + 2 * dim * kv_dim + 3 * dim * hidden)
+    return LLAMA2C_HEADER + 4 * (2 * layers * dim + dim) + values + 4 * (values // group)
+
+
+def llama2c_int8_problems(config: ModelConfig) -> list[str]:
+    """Why runq.c could not run this model's int8 file, beyond `llama2c_problems` (empty: it can)."""
+    problems = []
+    group = model_group_size(config, INT8_GROUP)
+    if group < 2:  # an odd dim: a scale (4 bytes) per int8 value would be larger than fp32
+        problems.append(f"dim {config.dim} and feed-forward width {config.ffn_dim} share no even group size")
+    largest = max(config.vocab_size * config.dim, config.dim * config.ffn_dim)
+    if largest >= 2**31:
+        problems.append(f"a matrix of {largest:,} values: runq.c indexes with 32-bit ints")
+    return problems
+
+
+def _llama2c_tensors(model: Llama, order: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """The tensors as run.c and runq.c read them, by their names there: fp32 on the CPU, rows of
+    wq and wk in adjacent-pair rotary order, embedding and classifier rows in llama2.c's ids;
+    "wcls" is empty when the head is tied to the embedding."""
     config = model.config
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+
+    def per_layer(name: str) -> list[torch.Tensor]:
+        return [state[f"layers.{i}.{name}.weight"] for i in range(config.n_layers)]
+
+    return {
+        "embedding": [state["tok_embeddings.weight"][order]],
+        "rms_att": per_layer("attention_norm"),
+        "wq": [interleave_rotary(w, config.n_heads) for w in per_layer("attention.wq")],
+        "wk": [interleave_rotary(w, config.n_kv_heads) for w in per_layer("attention.wk")],
+        "wv": per_layer("attention.wv"),
+        "wo": per_layer("attention.wo"),
+        "rms_ffn": per_layer("ffn_norm"),
+        "w1": per_layer("feed_forward.w1"),
+        "w2": per_layer("feed_forward.w2"),
+        "w3": per_layer("feed_forward.w3"),
+        "rms_final": [state["norm.weight"]],
+        "wcls": [] if config.tie_embeddings else [state["output.weight"][order]],
+    }
+
+
+def _fp32_bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().numpy().astype("<f4").tobytes()
+
+
+def _write_llama2c_v0(f: Any, config: ModelConfig, tensors: dict[str, list[torch.Tensor]]) -> None:
+    """run.c's version 0: 7 ints (vocab negative when the classifier is not shared), then every
+    tensor as float32."""
+    tied = config.tie_embeddings
+    f.write(struct.pack("<7i", config.dim, config.ffn_dim, config.n_layers, config.n_heads, config.n_kv_heads,
+                        config.vocab_size if tied else -config.vocab_size, config.max_seq_len))
+    # run.c skips these (it computes its own); version 0 still has room for them
+    angles = torch.outer(torch.arange(config.max_seq_len).float(),
+                         1.0 / config.rope_theta ** (torch.arange(0, config.head_dim, 2).float() / config.head_dim))
+    tensors = {**tensors, "freqs": [angles.cos(), angles.sin()]}
+    for name in ("embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final",
+                 "freqs", "wcls"):
+        for t in tensors[name]:
+            f.write(_fp32_bytes(t))
+
+
+def _write_llama2c_v2(f: Any, config: ModelConfig, tensors: dict[str, list[torch.Tensor]], group: int) -> float:
+    """runq.c's version 2 (its read_checkpoint and memory_map_weights): the 256-byte header, the
+    fp32 norms, then each matrix's int8 values followed by its float32 scales. Returns the
+    largest error of a quantized value."""
+    header = struct.pack("<Ii7i", LLAMA2C_MAGIC, 2, config.dim, config.ffn_dim, config.n_layers, config.n_heads,
+                         config.n_kv_heads, config.vocab_size, config.max_seq_len)
+    header += struct.pack("<Bi", int(config.tie_embeddings), group)  # unaligned, as fread reads it
+    f.write(header + b"\0" * (LLAMA2C_HEADER - len(header)))
+    for name in ("rms_att", "rms_ffn", "rms_final"):
+        for t in tensors[name]:
+            f.write(_fp32_bytes(t))
+    error = 0.0
+    for name in ("embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3", "wcls"):
+        for t in tensors[name]:
+            q, scales = quantize_int8(t, group)
+            error = max(error, (dequantize_int8(q, scales, group) - t).abs().max().item())
+            f.write(q.contiguous().numpy().tobytes())
+            f.write(_fp32_bytes(scales))
+    return error
+
+
+def export_llama2c(model: Llama, spm: SpmModel, out: Path, tokenizer_out: Path | None = None,
+                   force: bool = False, quantize: str | None = None) -> Exported:
+    """model.bin (llama2.c version 0 for run.c, or with quantize="int8" version 2 for runq.c) and
+    tokenizer.bin: both replaced, or neither."""
+    config = model.config
+    check_quantize("llama2c", quantize)
     problems = llama2c_problems(config, spm)
+    runner = "runq.c" if quantize else "run.c"
+    if quantize:
+        problems += llama2c_int8_problems(config)
     if problems:
-        raise StageError("--format llama2c: run.c cannot run this model: " + "; ".join(problems))
+        problems = [p.replace("run.c", runner) for p in problems]
+        raise StageError(f"--format llama2c{' --quantize ' + quantize if quantize else ''}: {runner} cannot run "
+                         "this model: " + "; ".join(problems))
     out = Path(out)
     check_output("llama2c", out, tokenizer_out, force)
     tokenizer_out = llama2c_tokenizer_path(out, tokenizer_out)
     order = torch.tensor(llama2c_order(spm))
-    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    layers = range(config.n_layers)
-
-    def per_layer(name: str) -> list[torch.Tensor]:
-        return [state[f"layers.{i}.{name}.weight"] for i in layers]
-
-    tied = config.tie_embeddings
-    header = struct.pack("7i", config.dim, config.ffn_dim, config.n_layers, config.n_heads, config.n_kv_heads,
-                         config.vocab_size if tied else -config.vocab_size, config.max_seq_len)
-    # run.c skips these (it computes its own); version 0 still has room for them
-    angles = torch.outer(torch.arange(config.max_seq_len).float(),
-                         1.0 / config.rope_theta ** (torch.arange(0, config.head_dim, 2).float() / config.head_dim))
-    tensors = [
-        [state["tok_embeddings.weight"][order]],
-        per_layer("attention_norm"),
-        [interleave_rotary(w, config.n_heads) for w in per_layer("attention.wq")],
-        [interleave_rotary(w, config.n_kv_heads) for w in per_layer("attention.wk")],
-        per_layer("attention.wv"),
-        per_layer("attention.wo"),
-        per_layer("ffn_norm"),
-        per_layer("feed_forward.w1"),
-        per_layer("feed_forward.w2"),
-        per_layer("feed_forward.w3"),
-        [state["norm.weight"]],
-        [angles.cos(), angles.sin()],
-        [] if tied else [state["output.weight"][order]],
-    ]
+    tensors = _llama2c_tensors(model, order)
+    group = model_group_size(config, INT8_GROUP)
     entries = llama2c_tokenizer_entries(spm, order.tolist())
     # nested: the tokenizer is renamed into place, then the model; an error before leaves both
     with atomic_path(out) as model_tmp, atomic_path(tokenizer_out) as tokenizer_tmp:
         with open(model_tmp, "wb") as f:
-            f.write(header)
-            for group in tensors:
-                for t in group:
-                    f.write(t.contiguous().numpy().astype("<f4").tobytes())
+            if quantize:
+                error = _write_llama2c_v2(f, config, tensors, group)
+            else:
+                _write_llama2c_v0(f, config, tensors)
         with open(tokenizer_tmp, "wb") as f:
             f.write(struct.pack("<i", max(len(b) for _, b in entries)))
             for score, piece in entries:
@@ -558,18 +670,25 @@ def export_llama2c(model: Llama, spm: SpmModel, out: Path, tokenizer_out: Path |
                      "(unk, BOS, EOS keep 0, 1, 2)")
     if SPACE_MARK not in spm.ids:
         notes.append('no "▁" piece: the byte piece <0x20> is written as " " for run.c\'s dummy prefix')
-    notes.append("run.c puts a space before every prompt (SentencePiece's dummy prefix; this tokenizer adds none)")
+    notes.append(f"{runner} puts a space before every prompt (SentencePiece's dummy prefix; this tokenizer adds none)")
+    if quantize:
+        notes.append(f"int8 (llama2.c version 2, for runq.c): groups of {group}"
+                     + (f" (64 halved to divide dim {config.dim} and feed-forward {config.ffn_dim})" if group < 64 else "")
+                     + f", largest error of a weight {error:.3g}; the norms stay float32")
     return Exported("llama2c", [out, tokenizer_out], notes)
 
 
 # ---- GGUF
 
 
-def export_gguf(model: Llama, spm: SpmModel, out: Path, name: str = "nonllama", force: bool = False) -> Exported:
-    """One .gguf file for llama.cpp: architecture "llama", fp32 tensors, the SentencePiece vocabulary."""
+def export_gguf(model: Llama, spm: SpmModel, out: Path, name: str = "nonllama", force: bool = False,
+                quantize: str | None = None) -> Exported:
+    """One .gguf file for llama.cpp: architecture "llama", fp32 tensors (with quantize="int8" the
+    matrices in Q8_0), the SentencePiece vocabulary."""
     _require("gguf", fmt="gguf")
     import gguf
 
+    check_quantize("gguf", quantize)
     out = Path(out)
     check_output("gguf", out, force=force)
     config = model.config
@@ -584,7 +703,7 @@ def export_gguf(model: Llama, spm: SpmModel, out: Path, name: str = "nonllama", 
     with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(tmp, "llama")
         writer.add_name(name)
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quantize else gguf.LlamaFileType.ALL_F32)
         writer.add_context_length(config.max_seq_len)
         writer.add_embedding_length(config.dim)
         writer.add_block_count(config.n_layers)
@@ -613,8 +732,18 @@ def export_gguf(model: Llama, spm: SpmModel, out: Path, name: str = "nonllama", 
             writer.add_chat_template(CHAT_TEMPLATE)
             writer.add_eot_token_id(chat["<|end|>"])  # llama.cpp ends a reply at end-of-turn
 
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        block = gguf.GGML_QUANT_SIZES[q8][0]  # 32 values per Q8_0 block
+        kept_f32: list[str] = []
+
         def add(gguf_name: str, tensor: torch.Tensor) -> None:
-            writer.add_tensor(gguf_name, tensor.contiguous().numpy().astype(np.float32))
+            data = tensor.contiguous().numpy().astype(np.float32)
+            if quantize and data.ndim == 2:  # the matrices; norms (1-D) stay F32, as llama.cpp's converter keeps them
+                if data.shape[-1] % block == 0:
+                    writer.add_tensor(gguf_name, gguf.quants.quantize(data, q8), raw_dtype=q8)
+                    return
+                kept_f32.append(f"{gguf_name} (rows of {data.shape[-1]})")
+            writer.add_tensor(gguf_name, data)
 
         add("token_embd.weight", state["tok_embeddings.weight"])
         for i in range(config.n_layers):
@@ -630,4 +759,10 @@ def export_gguf(model: Llama, spm: SpmModel, out: Path, name: str = "nonllama", 
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-    return Exported("gguf", [out], ["not run through llama.cpp here: read back and checked with gguf's reader"])
+    notes = ["not run through llama.cpp here: read back and checked with gguf's reader"]
+    if quantize:
+        notes.append("int8: the matrices as Q8_0 (blocks of 32 values, an fp16 scale each); the norms stay F32")
+    if kept_f32:
+        notes.append(f"kept F32, rows not a multiple of {block} (Q8_0's block): " + ", ".join(kept_f32[:4])
+                     + (f" and {len(kept_f32) - 4} more" if len(kept_f32) > 4 else ""))
+    return Exported("gguf", [out], notes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import struct
 from dataclasses import asdict, replace
@@ -18,12 +19,16 @@ from nonllama.export import (
     export_hf,
     export_llama2c,
     hf_tokenizer,
+    interleave_rotary,
+    llama2c_int8_size,
     llama2c_order,
     read_spm_model,
 )
 from nonllama.generate import load_run
 from nonllama.model import Llama, ModelConfig
+from nonllama.pipeline.io import StageError
 from nonllama.pipeline.tokenizer import encode_texts, load_processor
+from nonllama.quantize import fake_quantize_, model_group_size
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,9 +151,15 @@ def read_llama2c(model_bin: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def runc_forward(config: dict, w: dict[str, np.ndarray], tokens: list[int], theta: float = 10000.0,
-                 eps: float = 1e-5) -> np.ndarray:
+                 eps: float = 1e-5, matmul=None) -> np.ndarray:
     """Logits at every position, computed as run.c's forward() does (float64): RoPE rotating
-    adjacent pairs (i, i+1) by pos / theta^((i % head_size) / head_size)."""
+    adjacent pairs (i, i+1) by pos / theta^((i % head_size) / head_size). `matmul(x, name,
+    layer)`: x @ W.T for the matrix `name` (of `layer`; None for the classifier), by default
+    with the float weights in `w`."""
+    if matmul is None:
+        def matmul(x: np.ndarray, name: str, layer: int | None) -> np.ndarray:
+            return x @ (w[name] if layer is None else w[name][layer]).T
+
     dim, n_heads, n_kv = config["dim"], config["n_heads"], config["n_kv_heads"]
     hs = dim // n_heads
     T = len(tokens)
@@ -171,7 +182,7 @@ def runc_forward(config: dict, w: dict[str, np.ndarray], tokens: list[int], thet
     causal = np.triu(np.full((T, T), -np.inf), 1)
     for layer in range(config["n_layers"]):
         h = rmsnorm(x, w["rms_att"][layer])
-        q, k, v = rope(h @ w["wq"][layer].T), rope(h @ w["wk"][layer].T), h @ w["wv"][layer].T
+        q, k, v = rope(matmul(h, "wq", layer)), rope(matmul(h, "wk", layer)), matmul(h, "wv", layer)
         heads = []
         for head in range(n_heads):
             kv = head // (n_heads // n_kv)
@@ -179,11 +190,11 @@ def runc_forward(config: dict, w: dict[str, np.ndarray], tokens: list[int], thet
             scores = qh @ kh.T / np.sqrt(hs) + causal
             att = np.exp(scores - scores.max(-1, keepdims=True))
             heads.append((att / att.sum(-1, keepdims=True)) @ vh)
-        x = x + np.concatenate(heads, axis=1) @ w["wo"][layer].T
+        x = x + matmul(np.concatenate(heads, axis=1), "wo", layer)
         h = rmsnorm(x, w["rms_ffn"][layer])
-        gate = h @ w["w1"][layer].T
-        x = x + ((gate / (1 + np.exp(-gate))) * (h @ w["w3"][layer].T)) @ w["w2"][layer].T
-    return rmsnorm(x, w["rms_final"]) @ w["wcls"].T
+        gate = matmul(h, "w1", layer)
+        x = x + matmul((gate / (1 + np.exp(-gate))) * matmul(h, "w3", layer), "w2", layer)
+    return matmul(rmsnorm(x, w["rms_final"]), "wcls", None)
 
 
 def read_tokenizer_bin(path: Path, vocab_size: int) -> tuple[int, list[tuple[float, bytes]]]:
@@ -259,6 +270,240 @@ def test_llama2c_refuses_what_run_c_cannot_run(cli, run_dir: Path, tmp_path: Pat
     export_llama2c(model, no_space, tmp_path / "x.bin")
     _, entries = read_tokenizer_bin(tmp_path / "tokenizer.bin", len(no_space.pieces))
     assert entries[3 + 0x20][1] == b" "  # the byte piece of the space stands in for it
+
+
+# --------------------------------------------------------------------------- int8: llama2.c version 2 (runq.c)
+
+
+def read_llama2c_int8(model_bin: Path) -> tuple[dict, int, dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """model.bin version 2 as runq.c's read_checkpoint and memory_map_weights read it: the config,
+    the group size, the fp32 norms, and each matrix's (int8 values, float32 scales per group of
+    its rows), stacked over layers."""
+    data = model_bin.read_bytes()
+    assert struct.unpack("<Ii", data[:8]) == (0x616B3432, 2)  # "ak42", version 2
+    names = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
+    config = dict(zip(names, struct.unpack("<7i", data[8:36]), strict=True))
+    shared, (group,) = data[36], struct.unpack("<i", data[37:41])  # a byte, then an unaligned int
+    assert shared in (0, 1) and data[41:256] == bytes(215)  # zero padding to 256 bytes
+    config["shared_classifier"] = bool(shared)
+    dim, hidden, layers, vocab = config["dim"], config["hidden_dim"], config["n_layers"], config["vocab_size"]
+    kv_dim = dim // config["n_heads"] * config["n_kv_heads"]
+    assert dim % group == 0 and hidden % group == 0  # runq.c's matmul walks each row in whole groups
+    at = 256
+
+    def take(dtype: str, n: int) -> np.ndarray:
+        nonlocal at
+        out = np.frombuffer(data, dtype=dtype, count=n, offset=at)
+        at += out.nbytes
+        return out
+
+    norms = {"rms_att": take("<f4", layers * dim).reshape(layers, dim),
+             "rms_ffn": take("<f4", layers * dim).reshape(layers, dim), "rms_final": take("<f4", dim)}
+    shapes = [("embedding", 1, vocab, dim), ("wq", layers, dim, dim), ("wk", layers, kv_dim, dim),
+              ("wv", layers, kv_dim, dim), ("wo", layers, dim, dim), ("w1", layers, hidden, dim),
+              ("w2", layers, dim, hidden), ("w3", layers, hidden, dim)]
+    if not shared:
+        shapes.append(("wcls", 1, vocab, dim))
+    matrices = {}
+    for name, count, rows, cols in shapes:  # init_quantized_tensors: per tensor, int8 values then scales
+        pairs = [(take("i1", rows * cols).reshape(rows, cols), take("<f4", rows * cols // group).reshape(rows, cols // group))
+                 for _ in range(count)]
+        q, scales = np.stack([q for q, _ in pairs]), np.stack([s for _, s in pairs])
+        matrices[name] = (q[0], scales[0]) if name in ("embedding", "wcls") else (q, scales)
+    assert at == len(data), "trailing data after the weights"
+    matrices.setdefault("wcls", matrices["embedding"])
+    return config, group, norms, matrices
+
+
+def dequantized(q: np.ndarray, scales: np.ndarray, group: int) -> np.ndarray:
+    """q * scale in float32, as runq.c's dequantize (and nonllama.quantize) compute it."""
+    grouped = q.astype(np.float32).reshape(*q.shape[:-1], -1, group) * scales[..., None]
+    return grouped.reshape(q.shape)
+
+
+def runq_quantize(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """runq.c's quantize() of activations (one row per position), in float32 like C: per group
+    s = max|x| / 127, q = round(x / s), C's round (halves away from zero)."""
+    grouped = x.astype(np.float32).reshape(x.shape[0], -1, group)
+    scales = np.abs(grouped).max(-1) / np.float32(127.0)
+    ratio = (grouped / scales[..., None]).astype(np.float64)
+    return (np.sign(ratio) * np.floor(np.abs(ratio) + 0.5)).astype(np.int32), scales
+
+
+def runq_forward(config: dict, group: int, norms: dict, matrices: dict, tokens: list[int],
+                 quantize_activations: bool = True) -> np.ndarray:
+    """Logits as runq.c's forward() computes them: the embedding row dequantized; before every
+    matrix the activation quantized per group (runq_quantize), int8 x int8 dot products summed
+    per group in int32, times the weight's and the activation's scale of that group. The rest
+    (norms, RoPE, attention, SwiGLU) in float, as run.c. quantize_activations=False: float
+    activations times the dequantized weights, what the fake-quantized model computes."""
+    weights = {name: dequantized(q, s, group).astype(np.float64) for name, (q, s) in matrices.items()}
+    weights.update(norms)
+
+    def int8_matmul(x: np.ndarray, name: str, layer: int | None) -> np.ndarray:
+        q, s = matrices[name] if layer is None else (matrices[name][0][layer], matrices[name][1][layer])
+        xq, xs = runq_quantize(x, group)
+        rows = q.reshape(q.shape[0], -1, group).astype(np.int32)
+        dots = np.einsum("tgk,dgk->tdg", xq, rows)  # int32, as runq.c's ival (|sum| <= 64 * 127 * 127)
+        assert dots.dtype == np.int32
+        return (dots.astype(np.float64) * s[None].astype(np.float64) * xs[:, None, :]).sum(-1)
+
+    return runc_forward(config, weights, tokens, matmul=int8_matmul if quantize_activations else None)
+
+
+@pytest.mark.parametrize("variant", ["trained", "untied"])
+def test_llama2c_int8_runs_as_runq_computes(cli, run_dir: Path, tmp_path: Path, variant: str) -> None:
+    loaded = load_run(run_dir)
+    spm = read_spm_model(loaded.tokenizer)
+    out = tmp_path / "model.bin"
+    if variant == "trained":  # tied, GQA, dim 32 (group 32), through the command
+        result = cli("export", "--run", run_dir, "--format", "llama2c", "--quantize", "int8", "-o", out)
+        assert "int8 (llama2.c version 2, for runq.c): groups of 32" in one_line(result.output)
+        model = loaded.model
+    else:  # dim 48, feed-forward 128: llama2.c's 64 backs off to 16
+        model = untied_model(loaded.config.vocab_size)
+        done = export_llama2c(model, spm, out, quantize="int8")
+        assert "groups of 16 (64 halved to divide dim 48 and feed-forward 128)" in " ".join(done.notes)
+    config, group, norms, matrices = read_llama2c_int8(out)
+    c = model.config
+    assert group == model_group_size(c)
+    assert config == {"dim": c.dim, "hidden_dim": c.ffn_dim, "n_layers": c.n_layers, "n_heads": c.n_heads,
+                      "n_kv_heads": c.n_kv_heads, "vocab_size": c.vocab_size, "seq_len": c.max_seq_len,
+                      "shared_classifier": c.tie_embeddings}
+    assert (matrices["wcls"] is matrices["embedding"]) == c.tie_embeddings
+    assert out.stat().st_size == llama2c_int8_size(c.dim, c.ffn_dim, c.n_layers, c.n_heads, c.n_kv_heads,
+                                                   c.vocab_size, c.tie_embeddings, group)
+    # the same tokenizer.bin as the fp32 export
+    export_llama2c(model, spm, tmp_path / "fp32" / "model.bin")
+    assert (tmp_path / "tokenizer.bin").read_bytes() == (tmp_path / "fp32" / "tokenizer.bin").read_bytes()
+
+    order = llama2c_order(spm)
+    fake = fake_quantize_(copy.deepcopy(model))
+    # the int8 values read back are exactly the fake-quantized weights (rows in llama2.c's order)
+    emb_q, emb_s = matrices["embedding"]
+    assert np.array_equal(dequantized(emb_q, emb_s, group), fake.tok_embeddings.weight.detach()[order].numpy())
+    w1_q, w1_s = matrices["w1"]
+    assert np.array_equal(dequantized(w1_q[1], w1_s[1], group), fake.layers[1].feed_forward.w1.weight.detach().numpy())
+    assert np.array_equal(norms["rms_ffn"][1], model.layers[1].ffn_norm.weight.detach().numpy())
+
+    ours_ids = tokens_of(loaded.processor, "Once upon a time, Lily saw 北京.")[0].tolist()
+    theirs_ids = [order.index(i) for i in ours_ids]
+    back = np.argsort(order)  # llama2.c's logits in our ids
+    with torch.no_grad():
+        fake_logits = fake(torch.tensor([ours_ids]))[0][0].double().numpy()
+    # with float activations the file computes the fake-quantized model exactly (layout, order, rotary)
+    exact = runq_forward(config, group, norms, matrices, theirs_ids, quantize_activations=False)
+    np.testing.assert_allclose(exact[:, back], fake_logits, atol=1e-5, rtol=0)
+    # runq.c also rounds every activation to int8: each value moves by at most 1/254 of its group's
+    # largest, so each product moves by at most ~0.4% of sum|w||x| (far less on average: the
+    # roundings are independent and cancel). 7 products per layer plus the classifier compound
+    # that; allow 2% of the logits' spread, ~5x the one-product bound
+    runq = runq_forward(config, group, norms, matrices, theirs_ids)[:, back]
+    spread = fake_logits.max() - fake_logits.min()
+    assert np.abs(runq - fake_logits).max() < 0.02 * spread, (np.abs(runq - fake_logits).max(), spread)
+    assert not np.array_equal(runq, exact)  # the activations were quantized
+    assert (runq.argmax(-1) == fake_logits.argmax(-1)).mean() >= 0.9
+
+
+def test_int8_files_are_about_4x_smaller(run_dir: Path, tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    loaded = load_run(run_dir)
+    spm = read_spm_model(loaded.tokenizer)
+    torch.manual_seed(0)  # group 64: dim 256, feed-forward 704
+    model = Llama(ModelConfig(dim=256, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=loaded.config.vocab_size,
+                              max_seq_len=64, tie_embeddings=False))
+    sizes = {}
+    for quantize in (None, "int8"):
+        export_llama2c(model, spm, tmp_path / str(quantize) / "model.bin", quantize=quantize)
+        export_gguf(model, spm, tmp_path / f"{quantize}.gguf", quantize=quantize)
+        sizes[quantize] = ((tmp_path / str(quantize) / "model.bin").stat().st_size,
+                           (tmp_path / f"{quantize}.gguf").stat().st_size)
+    # int8 + a float32 scale per 64 values (llama2c) or an fp16 scale per 32 (Q8_0): 4 / 1.0625
+    llama2c_ratio, gguf_ratio = (fp32 / int8 for fp32, int8 in zip(sizes[None], sizes["int8"], strict=True))
+    assert 3.5 < llama2c_ratio < 4 and 3.5 < gguf_ratio < 4, sizes
+    reader = gguf.GGUFReader(tmp_path / "int8.gguf")
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
+
+
+def test_gguf_int8_is_q8_0(cli, run_dir: Path, tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    result = cli("export", "--run", run_dir, "--format", "gguf", "--quantize", "int8", "-o", tmp_path / "m.gguf")
+    assert "the matrices as Q8_0" in one_line(result.output) and "kept F32" not in one_line(result.output)
+    loaded = load_run(run_dir)
+    c = loaded.config
+    tensors = {t.name: t for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    assert len(tensors) == 1 + 9 * c.n_layers + 1  # tied: no output.weight
+    originals = {"token_embd.weight": loaded.model.tok_embeddings.weight}
+    names = {"attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
+             "attn_output": "attention.wo", "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2",
+             "ffn_up": "feed_forward.w3"}
+    for i, block in enumerate(loaded.model.layers):
+        for theirs, ours in names.items():
+            originals[f"blk.{i}.{theirs}.weight"] = block.get_submodule(ours).weight
+    for name, tensor in tensors.items():
+        if name not in originals:  # the norms
+            assert tensor.tensor_type == gguf.GGMLQuantizationType.F32, name
+            continue
+        assert tensor.tensor_type == q8, name
+        w = originals[name].detach().numpy()
+        if ".attn_q." in name or ".attn_k." in name:
+            w = interleave_rotary(torch.from_numpy(w), c.n_heads if ".attn_q." in name else c.n_kv_heads).numpy()
+        expected = gguf.quants.dequantize(gguf.quants.quantize(w, q8), q8)
+        got = gguf.quants.dequantize(np.asarray(tensor.data), q8)
+        assert got.shape == w.shape and np.array_equal(got, expected), name
+        assert np.abs(got - w).max() <= np.abs(w).max() / 127  # within a step of the largest scale
+
+
+def test_gguf_int8_keeps_rows_q8_0_cannot_hold(run_dir: Path, tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    loaded = load_run(run_dir)
+    model = untied_model(loaded.config.vocab_size)  # dim 48: rows of 48 are not blocks of 32; w2's 128 are
+    done = export_gguf(model, read_spm_model(loaded.tokenizer), tmp_path / "m.gguf", quantize="int8")
+    note = " ".join(done.notes)
+    assert "kept F32, rows not a multiple of 32 (Q8_0's block): token_embd.weight (rows of 48)" in note
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    assert types["token_embd.weight"] == types["blk.0.attn_q.weight"] == types["output.weight"] == "F32"
+    assert types["blk.0.ffn_down.weight"] == types["blk.1.ffn_down.weight"] == "Q8_0"
+
+
+def test_quantize_refusals(cli, run_dir: Path, tmp_path: Path) -> None:
+    out = one_line(cli("export", "--run", run_dir, "--format", "hf", "--quantize", "int8", "-o", tmp_path / "hf",
+                       expect=2).output)
+    assert "--quantize int8: --format hf writes the fp32 safetensors transformers loads" in out
+    assert not (tmp_path / "hf").exists()
+    # judged before the run is loaded
+    out = one_line(cli("export", "--run", tmp_path / "none", "--format", "gguf", "--quantize", "int4", "-o",
+                       tmp_path / "m.gguf", expect=2).output)
+    assert "--quantize 'int4': choose int8 (or leave it out for fp32)" in out
+    loaded = load_run(run_dir)
+    spm = read_spm_model(loaded.tokenizer)
+    with pytest.raises(StageError, match="--format llama2c --quantize int8: runq.c cannot run this model: rope "
+                                         "theta 500: runq.c hard-codes 10000"):
+        export_llama2c(untied_model(loaded.config.vocab_size, rope_theta=500.0), spm, tmp_path / "a.bin",
+                       quantize="int8")
+    with pytest.raises(StageError, match="runq.c cannot run this model: dim 48 and feed-forward width 33 share "
+                                         "no even group size"):
+        export_llama2c(untied_model(loaded.config.vocab_size, hidden_dim=33), spm, tmp_path / "b.bin", quantize="int8")
+    export_llama2c(untied_model(loaded.config.vocab_size, hidden_dim=33), spm, tmp_path / "c.bin")  # run.c can
+    assert not (tmp_path / "a.bin").exists() and not (tmp_path / "b.bin").exists()
+
+
+def test_int8_and_fp32_llama2c_exports_replace_each_other_only_with_force(cli, run_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model.bin"
+    cli("export", "--run", run_dir, "--format", "llama2c", "--quantize", "int8", "-o", model)
+    first = model.read_bytes()
+    out = one_line(cli("export", "--run", run_dir, "--format", "llama2c", "-o", model, expect=2).output)
+    assert "already exists (not overwritten)" in out and model.read_bytes() == first
+    cli("export", "--run", run_dir, "--format", "llama2c", "-o", model, "--force")  # a version-2 file is ours
+    assert read_llama2c(model)[0]["dim"] == load_run(run_dir).config.dim
+    cli("export", "--run", run_dir, "--format", "llama2c", "--quantize", "int8", "-o", model, "--force")
+    assert model.read_bytes() == first
+    # a file that starts like a version-2 header but is not one is not replaced
+    (tmp_path / "fake.bin").write_bytes(first[:300])
+    out = one_line(cli("export", "--run", run_dir, "--format", "llama2c", "--quantize", "int8", "-o",
+                       tmp_path / "fake.bin", "--tokenizer-out", tmp_path / "t2.bin", "--force", expect=2).output)
+    assert "exists and is not a llama2c model.bin" in out
 
 
 # --------------------------------------------------------------------------- GGUF
