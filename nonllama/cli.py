@@ -39,7 +39,8 @@ app = typer.Typer(
     rich_markup_mode="rich" if RICH_HELP else None,
     help="From raw text to a small Llama-style model: "
     "download -> normalize -> filter -> dedup -> train-tokenizer -> pack -> train -> generate; "
-    "then sft to fine-tune it on conversations and generate --chat to talk to it.",
+    "then sft to fine-tune it on conversations and generate --chat to talk to it; "
+    "eval scores runs on any text (bits per byte per source).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

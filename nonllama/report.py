@@ -420,6 +420,58 @@ def run_section(run: Path) -> Section:
     return section
 
 
+# ------------------------------------------------------------------------------ evaluation
+
+
+def evaluation_section(runs: list[Path]) -> Section:
+    """What `nonllama eval` saved under the runs (<run>/eval/*.json): per data, bits per byte per
+    source for each run side by side, and each evaluation's totals and settings."""
+    from nonllama.eval import checkpoint_state, find_results
+
+    section = Section("Evaluation")
+    found = [(run, path, result) for run in runs for path, result in find_results(run)]
+    if not found:
+        section.add(Text("No evaluation saved: `nonllama eval --run RUN [DATA ...]` writes <run>/eval/<data>.json."))
+        return section
+    section.add(Text("Bits per byte: the summed negative log-likelihood in bits of every scored token (the text's, "
+                     "and each document's EOS unless evaluated with --no-eos) over the UTF-8 bytes of the text: "
+                     "comparable across tokenizers; lower is better."))
+    by_data: dict[str, list[tuple[Path, dict]]] = {}
+    for run, path, result in found:
+        by_data.setdefault(path.stem, []).append((run, result))
+    for name, entries in by_data.items():
+        sources: list[str] = []
+        for _, result in entries:
+            sources += [s for s in result["sources"] if s not in sources]
+        header = ["source"] + [f"{run.name} (step {result.get('step')}"
+                               f"{', stale' if checkpoint_state(result) == 'stale' else ''})" for run, result in entries]
+        rows = [[s, *(_bpb(result["sources"].get(s)) for _, result in entries)] for s in sources]
+        rows.append(["total", *(_bpb(result.get("total")) for _, result in entries)])
+        specs = "; ".join(d.get("spec") or f"the run's own {d.get('name')}" for d in entries[0][1].get("data", []))
+        section.add(Table(header, rows, caption=f"bits per byte on {name} ({specs})"))
+    rows = []
+    for run, path, result in found:
+        t, s = result.get("total", {}), result.get("settings", {})
+        rows.append([run.name, path.name, _n(result.get("step")), _n(t.get("docs")), _n(t.get("tokens")),
+                     _n(t.get("bytes")), _n(t.get("loss")), _n(t.get("perplexity")), _bpb(t), _pct(t.get("top1")),
+                     _pct(t.get("top5")), f"{s.get('context')}/{s.get('stride')}", s.get("quantize") or "",
+                     checkpoint_state(result)])
+    section.add(Table(["run", "file", "step", "docs", "tokens", "bytes", "loss", "perplexity", "bits/byte", "top-1",
+                       "top-5", "context/stride", "quantized", "checkpoint"], rows,
+                      caption="every evaluation, in total; checkpoint: the run's latest, an older one, or stale "
+                              "(gone or changed since: the run was trained again)"))
+    return section
+
+
+def _bpb(metrics: dict | None) -> str:
+    value = (metrics or {}).get("bits_per_byte")
+    return "" if value is None else f"{value:.4f}"
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
 # ------------------------------------------------------------------------------ rendering
 
 
@@ -540,6 +592,7 @@ def build_report(workdir: Path, output: Path, runs: list[str] | None = None) -> 
             raise FileNotFoundError(f"--run {name}: no run {runs_dir / name} (runs here: {', '.join(available) or 'none'})")
     chosen = runs or available
     sections += [run_section(runs_dir / name) for name in chosen]
+    sections.append(evaluation_section([runs_dir / name for name in chosen]))
 
     title = f"nonllama report: {workdir}"
     subtitle = f"nonllama {__version__}; every figure from the stages' manifests and outputs."

@@ -224,7 +224,7 @@ for command in sys.argv[1:]:
     print(result.output)
 """
 ALL_COMMANDS = ["download", "normalize", "filter", "dedup", "train-tokenizer", "pack", "train", "generate",
-                "report", "export"]
+                "report", "export", "eval", "sft"]
 
 
 @pytest.mark.parametrize("columns", [80, 120])
