@@ -94,7 +94,7 @@ TRAIN_ARGS     := --workdir $(WORK) --name $(RUN) --preset $(PRESET) --max-steps
                   --seq-len $(SEQ_LEN) --batch-size $(BATCH_SIZE) --grad-accum $(GRAD_ACCUM) \
                   --lr $(LR) --min-lr $(MIN_LR) --warmup $(WARMUP) --nproc $(NPROC) $(TRAIN_OPTS)
 
-.PHONY: all setup dev download normalize filter dedup train-tokenizer pack train generate sft report test bench lint clean
+.PHONY: all setup dev download normalize filter dedup train-tokenizer pack train generate sft report ablation test bench lint clean
 
 all: generate
 	@echo "funnel done: see $(WORK)/ (and \`make report\`)"
@@ -162,6 +162,13 @@ sft: train
 
 report: $(SETUP)
 	$(NONLLAMA) report --workdir $(WORK) -o $(WORK)/report.html
+
+# Does the funnel pay? The same model, seed and training tokens on the raw text and on the funnel's
+# output (and dedup only, filter only), scored in bits per byte on held-out clean text; needs
+# ../shared/corpora. The table, plot and every command's output land in $(WORK)-ablation/.
+ABLATION_VARIANTS ?= raw,funnel,dedup-only,filter-only
+ablation: setup
+	$(PY) -m bench.ablation --work $(WORK)-ablation --variants $(ABLATION_VARIANTS) --workers $(WORKERS)
 
 test: dev
 	$(PY) -m pytest -q
