@@ -8,7 +8,9 @@
   never seen a position past it), and prompt plus generated tokens must fit in it.
 - `generate`: the prompt goes through the model in one pass that fills the key/value cache,
   then each new token costs one position (`Llama.stream`). Stops at EOS, at
-  `max_new_tokens`, or at the end of the context.
+  `max_new_tokens`, or at the end of the context. `generate_rows`: several samples of one
+  prompt decoded together as the rows of one batch (the prompt's pass done once), each row
+  stopping on its own. `Sampling.quantize` "int8" decodes with int8 weights (`Decoder`).
 - `TextStream` turns the ids into text as they come without ever emitting a broken UTF-8
   sequence: a character outside the vocabulary arrives as 2-4 byte-fallback tokens, and its
   bytes are held back until the character is complete.
@@ -36,7 +38,7 @@ import torch
 
 from nonllama.chat import ChatIds, check_messages, fit_context
 from nonllama.chat import encode_prompt as encode_chat_prompt
-from nonllama.model import Llama, ModelConfig
+from nonllama.model import QUANTIZE, Llama, ModelConfig
 from nonllama.pipeline.io import StageError, atomic_write_text
 from nonllama.pipeline.tokenizer import (
     BOS_ID,
@@ -167,6 +169,7 @@ class Sampling:
     top_k: int | None = None
     top_p: float | None = 0.9
     seed: int | None = None
+    quantize: str = "none"  # the decoder's weights: "none" (float32, as trained) or "int8" (nonllama.model.Decoder)
 
     def check(self) -> None:
         """ValueError naming the option for a value out of range. A negative temperature is not
@@ -179,6 +182,8 @@ class Sampling:
             raise ValueError(f"--top-k {self.top_k}: must be at least 1 (leave it out to sample from every token)")
         if self.top_p is not None and not 0 < self.top_p <= 1:  # NaN fails too
             raise ValueError(f"--top-p {self.top_p:g}: must be in (0, 1] (1 turns nucleus sampling off)")
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"--quantize {self.quantize}: choose one of {', '.join(QUANTIZE)}")
 
 
 @dataclass
@@ -209,39 +214,66 @@ def generate_ids(model: Llama, processor: Any, prompt_ids: list[int], sampling: 
                  end_id: int | None = None) -> Generation:
     """Continue the ids `prompt_ids` (shorter than the context); stops at EOS, and at `end_id`
     when given (a chat reply's <|end|>)."""
-    sampling.check()
-    device = model.rope_cos.device
-    result = Generation(list(prompt_ids))
-    tokens = torch.tensor([result.prompt_ids], device=device)
-    stream = TextStream(processor)
-    eos = processor.eos_id() if processor.eos_id() >= 0 else EOS_ID
-    pieces: list[str] = []
+    return generate_rows(model, processor, prompt_ids, sampling, 1, generator, on_text, end_id)[0]
 
-    def emit(text: str) -> None:
+
+def generate_rows(model: Llama, processor: Any, prompt_ids: list[int], sampling: Sampling, rows: int = 1,
+                  generator: torch.Generator | None = None, on_text: Callable[[str], None] | None = None,
+                  end_id: int | None = None,
+                  on_done: Callable[[int, Generation], None] | None = None) -> list[Generation]:
+    """`rows` continuations of `prompt_ids`, decoded together as the rows of one batch: the
+    prompt's pass is done once, each step draws one token per row, and each row stops on its
+    own (EOS, `end_id`; the batch goes on while any row is open). Greedy rows are all the
+    one-row result. `on_text` streams row 0's text as it comes (meant for one row);
+    `on_done(row, generation)` hears of each row when it ends."""
+    sampling.check()
+    if rows < 1:
+        raise ValueError(f"--num-samples {rows}: must be at least 1")
+    device = model.rope_cos.device
+    results = [Generation(list(prompt_ids)) for _ in range(rows)]
+    tokens = torch.tensor([results[0].prompt_ids] * rows, device=device)
+    streams = [TextStream(processor) for _ in range(rows)]
+    pieces: list[list[str]] = [[] for _ in range(rows)]
+    eos = processor.eos_id() if processor.eos_id() >= 0 else EOS_ID
+    open_rows = list(range(rows))
+
+    def emit(row: int, text: str) -> None:
         if text:
-            pieces.append(text)
-            if on_text is not None:
+            pieces[row].append(text)
+            if on_text is not None and row == 0:
                 on_text(text)
 
-    started = last = time.perf_counter()
+    def finish(row: int, stop: str, now: float) -> None:
+        result = results[row]
+        result.stop, result.decode_s = stop, now - first
+        emit(row, streams[row].flush())
+        result.text = "".join(pieces[row])
+        if on_done is not None:
+            on_done(row, result)
+
+    started = first = time.perf_counter()
     for step, new in enumerate(model.stream(tokens, sampling.max_new_tokens, sampling.temperature, sampling.top_k,
-                                            sampling.top_p, eos, generator)):
-        token = int(new)
+                                            sampling.top_p, eos, generator, quantize=sampling.quantize)):
         now = time.perf_counter()
         if step == 0:
-            result.prefill_s, last = now - started, now
-        if token == eos or token == end_id:
-            result.stop = "eos" if token == eos else "end"
+            for result in results:
+                result.prefill_s = now - started
+            first = now
+        drawn = new[:, 0].tolist()
+        for row in list(open_rows):
+            token = drawn[row]
+            if token == eos or token == end_id:
+                open_rows.remove(row)
+                finish(row, "eos" if token == eos else "end", now)
+            else:
+                results[row].ids.append(token)
+                emit(row, streams[row].push(token))
+        if not open_rows:
             break
-        result.ids.append(token)
-        emit(stream.push(token))
-    else:
-        if len(result.ids) < sampling.max_new_tokens:  # Llama.stream stopped at max_seq_len
-            result.stop = "context"
-    result.decode_s = time.perf_counter() - last
-    emit(stream.flush())
-    result.text = "".join(pieces)
-    return result
+    now = time.perf_counter()
+    for row in open_rows:  # max_new_tokens, or Llama.stream stopped at max_seq_len
+        finish(row, "context" if len(results[row].ids) < sampling.max_new_tokens else "max_new_tokens", now)
+    return results
 
 
 # --------------------------------------------------------------------------- chat (--chat)
@@ -384,9 +416,11 @@ SMALL_MODEL_PARAMS = 50_000_000
 def decode_threads(model: Llama, device: torch.device | str) -> int:
     """CPU threads for decoding when --threads is not given: one for a model under 50M
     parameters, torch's default above. A decoding step of a small model is a few hundred small
-    ops and matrix-vector products bound by memory bandwidth; splitting them over threads costs
-    more in synchronisation than it gains (the 15m preset: 108 tokens/s on one thread, 90 on two
-    of a 2-core machine, and a tenth of that when another process keeps one core busy)."""
+    pieces of work bound by memory bandwidth, and threads meet at a barrier between each (36 per
+    token for the 15m preset in the C++ kernel): when another process keeps a core busy, every
+    barrier waits for a thread the scheduler has parked, and two threads of a 2-core machine
+    fall to a tenth of one thread's speed or less (the 15m preset with others' training running:
+    ~450 tokens/s on one thread, 40-80 on two; llama2.c's run.c likewise, 360 and 12-19)."""
     if torch.device(device).type != "cpu" or model.num_params() >= SMALL_MODEL_PARAMS:
         return torch.get_num_threads()
     return 1
@@ -428,10 +462,14 @@ def read_prompts(prompts: list[str], file: Path | None = None, stdin: Any = None
 
 def sample_settings(sampling: Sampling, seed: int | None, num_samples: int) -> dict:
     """What decides the samples besides the checkpoint and the prompts (`seed`: the one used;
-    greedy decoding draws nothing, so none)."""
-    return {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
-            "top_k": sampling.top_k, "top_p": sampling.top_p,
-            "seed": seed if sampling.temperature > 0 else None, "num_samples": num_samples}
+    greedy decoding draws nothing, so none; `quantize` only when not "none", so that files
+    written before it existed stay up to date)."""
+    settings = {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+                "top_k": sampling.top_k, "top_p": sampling.top_p,
+                "seed": seed if sampling.temperature > 0 else None, "num_samples": num_samples}
+    if sampling.quantize != "none":
+        settings["quantize"] = sampling.quantize
+    return settings
 
 
 def _stamp(checkpoint: Path) -> list[int]:

@@ -6,8 +6,9 @@
 Rotary embeddings, grouped-query attention through `scaled_dot_product_attention` (flash
 kernels on GPU), SwiGLU feed-forward, optional tied embeddings. Generation (`Llama.stream`)
 runs the prompt in one pass that fills a key/value cache, then one position per token
-(`Decoder`, the same computation with the weights laid out for matrix-vector products), each
-token drawn by `sample`. Every parameter maps one-to-one onto Hugging Face's
+(`Decoder`, the same computation with the weights laid out for matrix-vector products: on CPU
+one call of a C++ step, nonllama/kernels; optionally with int8 weights), each token drawn by
+`sample`. Every parameter maps one-to-one onto Hugging Face's
 `LlamaForCausalLM` (`to_hf_state_dict`, `hf_config`): rotary embeddings use the same "rotate
 half" layout, so no weight has to be permuted on the way.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
@@ -151,17 +153,31 @@ class Attention(nn.Module):
             group = self.n_heads // self.n_kv_heads
             out = F.scaled_dot_product_attention(q.view(batch, self.n_kv_heads, group, self.head_dim), k, v)
             return self.wo(out.reshape(batch, 1, -1))
-        if self.n_kv_heads != self.n_heads:
-            # query head h reads key/value head h // group, as in Hugging Face's repeat_kv
-            group = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         if start == 0:  # a sequence from its beginning: plain causal attention
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = _grouped_attention(q, k, v, is_causal=True)
         else:  # new positions after a cached prefix: each sees the prefix and itself
             positions = torch.arange(k.shape[2], device=x.device)
             mask = positions[None, :] <= (start + torch.arange(seq, device=x.device))[:, None]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = _grouped_attention(q, k, v, attn_mask=mask)
         return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+# scaled_dot_product_attention's enable_gqa came with torch 2.5
+_SDPA_GQA = torch.__version__ >= (2, 5)
+
+
+def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """scaled_dot_product_attention of q (batch, n_heads, seq, head_dim) over k, v with n_kv_heads
+    heads: query head h reads key/value head h // group, as in Hugging Face's repeat_kv. SDPA
+    shares the key/value heads itself (enable_gqa) where torch has it, on CPU, and on CUDA in
+    16-bit, where flash attention does it; float32 on CUDA would fall back to the slow math
+    kernel, so there (and before torch 2.5) the keys and values are repeated for every head."""
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        if _SDPA_GQA and (q.device.type != "cuda" or q.dtype in (torch.float16, torch.bfloat16)):
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kwargs)
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
 class FeedForward(nn.Module):
@@ -189,6 +205,68 @@ class Block(nn.Module):
                 cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, cache, start)
         return x + self.feed_forward(self.ffn_norm(x))
+
+
+# The loss goes chunk by chunk (`chunked_cross_entropy`) when the float32 logits of a batch
+# would take more than this: 16 x 256 tokens of a 32,000-token vocabulary take 500 MiB.
+CHUNKED_LOSS_BYTES = 256 * 2**20
+CHUNK_LOGITS_BYTES = 32 * 2**20  # the float32 logits of one chunk
+MAX_COMPILED_CHUNKS = 4
+
+
+def chunked_cross_entropy(features: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          chunk_rows: int | None = None) -> torch.Tensor:
+    """F.cross_entropy(F.linear(features, weight).float(), targets): the mean over the targets
+    that are not -100, the same value and gradients (to float rounding, in the autocast dtype
+    too), without the logits of the whole batch: `chunk_rows` positions at a time (by default
+    as many as CHUNK_LOGITS_BYTES of float32 logits hold), each chunk's gradients computed in
+    the forward pass while its logits are at hand (as Liger's fused linear cross-entropy does),
+    so the backward pass recomputes nothing and memory holds one chunk's logits at a time."""
+    features, targets = features.reshape(-1, features.shape[-1]), targets.reshape(-1)
+    rows = chunk_rows or max(1, CHUNK_LOGITS_BYTES // (4 * weight.shape[0]))
+    compiling = getattr(torch.compiler, "is_compiling", None)  # torch 2.4 on
+    if compiling is not None and compiling():
+        # torch.compile unrolls the loop: a few larger chunks compile in half the time of many
+        rows = max(rows, -(-features.shape[0] // MAX_COMPILED_CHUNKS))
+    return _ChunkedHeadLoss.apply(features, weight, targets, rows)
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                rows: int) -> torch.Tensor:
+        want_features, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        loss = torch.zeros((), dtype=torch.float32, device=features.device)
+        grad_features = torch.empty_like(features) if want_features else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+        for i in range(0, features.shape[0], rows):
+            h, y = features[i:i + rows], targets[i:i + rows]
+            logits = F.linear(h, weight)  # under autocast in its dtype, as the output head computes it
+            logits32 = logits.float()
+            counted = y != -100
+            y = torch.where(counted, y, 0)  # an ignored row: any target, its loss and gradient zeroed
+            lse = torch.logsumexp(logits32, dim=-1)
+            loss += ((lse - logits32.gather(1, y[:, None]).squeeze(1)) * counted).sum()
+            if want_features or want_weight:
+                # d(loss)/d(logits) = softmax - one-hot of the target, zero for ignored rows
+                grad = torch.exp(logits32.sub_(lse[:, None]))
+                grad.scatter_add_(1, y[:, None], torch.full_like(grad[:, :1], -1.0))
+                grad = (grad * counted[:, None]).to(logits.dtype)
+                if want_features:
+                    grad_features[i:i + rows] = grad @ weight
+                if want_weight:
+                    grad_weight += grad.t() @ h
+        count = (targets != -100).sum()
+        ctx.save_for_backward(grad_features, grad_weight, count)
+        ctx.weight_dtype = weight.dtype
+        return loss / count
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_features, grad_weight, count = ctx.saved_tensors
+        scale = grad_loss / count
+        return (None if grad_features is None else grad_features * scale.to(grad_features.dtype),
+                None if grad_weight is None else (grad_weight * scale).to(ctx.weight_dtype), None, None)
 
 
 class Llama(nn.Module):
@@ -232,10 +310,16 @@ class Llama(nn.Module):
         return self.norm(x)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                cache: KVCache | None = None, start: int = 0) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits (batch, seq, vocab) for `tokens` (batch, seq) at positions start..;
-        with `targets`, also the mean cross-entropy loss."""
-        logits = self.output(self.features(tokens, cache, start))
+        with `targets`, also the mean cross-entropy loss over the targets that are not -100.
+        When the float32 logits of the whole batch would take more than CHUNKED_LOSS_BYTES,
+        the loss comes from `chunked_cross_entropy`, which never holds them all, and the
+        logits returned are None."""
+        features = self.features(tokens, cache, start)
+        if targets is not None and tokens.numel() * self.config.vocab_size * 4 > CHUNKED_LOSS_BYTES:
+            return None, chunked_cross_entropy(features, self.output.weight, targets)
+        logits = self.output(features)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
@@ -257,20 +341,29 @@ class Llama(nn.Module):
     @torch.inference_mode()
     def stream(self, tokens: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-               generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+               generator: torch.Generator | None = None, quantize: str = "none") -> Iterator[torch.Tensor]:
         """Continue `tokens` (batch, seq): yield each new position's tokens (batch, 1).
 
-        The prompt goes through the model in one pass that fills the key/value cache; after
-        that, each new token costs one position (`Decoder.step`). Stops after `max_new_tokens`, at the end of
-        the context (max_seq_len positions in all), or once every row has produced `eos_id`.
+        The prompt goes through the model in one pass that fills the key/value cache (once for
+        all rows when every row holds the same prompt: several samples of one prompt); after
+        that, each new token costs one position (`Decoder.step`, with int8 weights when
+        `quantize` is "int8"). Stops after `max_new_tokens`, at the end of the context
+        (max_seq_len positions in all), or once every row has produced `eos_id`.
         """
         batch, length = tokens.shape
         max_new_tokens = min(max_new_tokens, self.config.max_seq_len - length)
         if max_new_tokens <= 0:
             return
+        decoder = Decoder.cached(self, quantize)
         cache = KVCache(self.config, batch, tokens.device, self.rope_cos.dtype)
-        decoder = Decoder(self)
-        logits = decoder.head(self.features(tokens, cache, 0)[:, -1])  # the last position's only
+        if batch > 1 and bool((tokens == tokens[:1]).all()):
+            first = KVCache(self.config, 1, tokens.device, self.rope_cos.dtype)
+            features = self.features(tokens[:1], first, 0)[:, -1].expand(batch, -1)
+            for rows, row in zip([*cache.keys, *cache.values], [*first.keys, *first.values], strict=True):
+                rows[:, :, :length] = row[:, :, :length]
+        else:
+            features = self.features(tokens, cache, 0)[:, -1]
+        logits = decoder.head(features)  # the last position's only
         finished = torch.zeros(batch, 1, dtype=torch.bool, device=tokens.device)
         for i in range(max_new_tokens):
             next_token = sample(logits, temperature, top_k, top_p, generator)
@@ -284,42 +377,176 @@ class Llama(nn.Module):
 
     def generate(self, tokens: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, quantize: str = "none") -> torch.Tensor:
         """`tokens` (batch, seq) followed by what `stream` produces for them."""
-        new = list(self.stream(tokens, max_new_tokens, temperature, top_k, top_p, eos_id, generator))
+        new = list(self.stream(tokens, max_new_tokens, temperature, top_k, top_p, eos_id, generator, quantize))
         return torch.cat([tokens, *new], dim=1)
+
+
+QUANTIZE = ("none", "int8")  # Decoder's weight formats: float32 as trained, int8 per group of 64
 
 
 class Decoder:
     """One new position from the key/value cache, computed as `Llama.forward` computes it (up
-    to float rounding) but laid out for speed. A decoding step multiplies one vector by every
-    weight matrix, which a CPU does 2-3x faster with the matrix stored (in, out) than with
-    nn.Linear's (out, in); q, k, v and gate, up are fused into one matrix each, and q and k are
-    rotated in one go, which halves the calls. The weights are copied once, when it is made."""
+    to float rounding) but laid out for speed; the weights are copied once, when it is made.
 
-    def __init__(self, model: Llama):
-        self.model = model
+    On CPU (float32) the whole step is one call of the C++ kernel of nonllama/kernels (built on
+    first use): weights packed in tiles of 16 rows for matrix-vector products, attention over
+    the cache's tensors, OpenMP over torch.get_num_threads() threads. Elsewhere (CUDA, another
+    dtype, NONLLAMA_KERNELS=0, a failed build) it runs in torch, with the matrices stored (in,
+    out), which a CPU multiplies by one vector 2-3x faster than nn.Linear's (out, in), q, k, v
+    and gate, up fused into one matrix each, and q and k rotated in one go.
+
+    quantize="int8": the matrices and the embedding as llama2.c's runq.c holds them
+    (nonllama.quantize: symmetric int8 per group of `model_group_size` input values, one
+    float32 scale per group; the token embedding is read as dequantized rows, the norms stay
+    float32). The kernel also quantizes each matrix's input vector per group and sums the
+    products in int32, as runq.c does; the torch path multiplies by the dequantized weights.
+    """
+
+    def __init__(self, model: Llama, quantize: str | None = "none"):
+        quantize = quantize or "none"
+        if quantize not in QUANTIZE:
+            raise ValueError(f"quantize {quantize!r}: choose one of {', '.join(QUANTIZE)}")
+        self.model, self.quantize = model, quantize
+        self.group_size: int | None = None
         with torch.no_grad():
-            self.layers = [(
-                block.attention_norm,
-                torch.cat([block.attention.wq.weight, block.attention.wk.weight, block.attention.wv.weight]).t().contiguous(),
-                block.attention.wo.weight.t().contiguous(),
-                block.ffn_norm,
-                torch.cat([block.feed_forward.w1.weight, block.feed_forward.w3.weight]).t().contiguous(),
-                block.feed_forward.w2.weight.t().contiguous(),
-            ) for block in model.layers]
-            self.output = model.output.weight.t().contiguous()
+            matrices = self._matrices()
+            weight = model.tok_embeddings.weight
+            self.kernel = None  # the C++ step, when it applies
+            if weight.device.type == "cpu" and weight.dtype == torch.float32 and model.rope_cos.dtype == torch.float32:
+                from nonllama import kernels
+
+                module = kernels.load()
+                if module is not None:
+                    self.kernel = self._kernel_model(module, matrices)
+            if self.kernel is None:
+                self._torch_weights(matrices)
+
+    def _matrices(self) -> dict[str, list]:
+        """Per matrix kind, per layer: (weight, quantized (q, scales) or None); "head" and
+        "embedding" a single pair each (the same quantization when tied)."""
+        from nonllama.quantize import model_group_size, quantize_int8
+
+        model = self.model
+        if self.quantize == "int8":
+            self.group_size = model_group_size(model.config)
+
+        def entry(weight: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+            weight = weight.detach()
+            return weight, (quantize_int8(weight, self.group_size) if self.group_size else None)
+
+        def fused(*weights: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+            parts = [entry(w) for w in weights]  # per row groups: quantizing the parts is quantizing the whole
+            quantized = None
+            if self.group_size:
+                quantized = (torch.cat([p[1][0] for p in parts]), torch.cat([p[1][1] for p in parts]))
+            return torch.cat([p[0] for p in parts]), quantized
+
+        out: dict[str, list] = {"qkv": [], "o": [], "gate_up": [], "down": []}
+        for block in model.layers:
+            a, f = block.attention, block.feed_forward
+            out["qkv"].append(fused(a.wq.weight, a.wk.weight, a.wv.weight))
+            out["o"].append(entry(a.wo.weight))
+            out["gate_up"].append((entry(f.w1.weight), entry(f.w3.weight)))
+            out["down"].append(entry(f.w2.weight))
+        out["embedding"] = entry(model.tok_embeddings.weight)
+        tied = model.output.weight is model.tok_embeddings.weight
+        out["head"] = out["embedding"] if tied else entry(model.output.weight)
+        return out
+
+    def _kernel_model(self, module, matrices: dict[str, list]):
+        c, tile = self.model.config, module.TILE
+
+        def pack(pair):
+            weight, quantized = pair
+            return module.pack_int8(*quantized, self.group_size) if quantized else module.pack_f32(weight)
+
+        def alternate(gate, up):  # the gate's and up's tiles of 16 rows alternating, for SwiGLU as tiles finish
+            def tiles(t: torch.Tensor) -> torch.Tensor:
+                padded = torch.zeros((-(-t.shape[0] // tile) * tile, *t.shape[1:]), dtype=t.dtype)
+                padded[:t.shape[0]] = t
+                return padded.view(-1, tile, *t.shape[1:])
+
+            def both(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+                return torch.stack([tiles(a), tiles(b)], dim=1).reshape(-1, *a.shape[1:])
+
+            quantized = None
+            if gate[1] is not None:
+                quantized = (both(gate[1][0], up[1][0]), both(gate[1][1], up[1][1]))
+            return both(gate[0], up[0]), quantized
+
+        mats = []
+        for qkv, o, gate_up, down in zip(matrices["qkv"], matrices["o"], matrices["gate_up"], matrices["down"],
+                                         strict=True):
+            mats += [pack(qkv), pack(o), pack(alternate(*gate_up)), pack(down)]
+        mats.append(pack(matrices["head"]))
+        embedding, quantized = matrices["embedding"]
+        if quantized:
+            embedding, scales, group = quantized[0], quantized[1], self.group_size
+        else:
+            scales, group = torch.empty(0), 1
+        model = self.model
+        return module.Model(c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.norm_eps,
+                            [b.attention_norm.weight.detach() for b in model.layers],
+                            [b.ffn_norm.weight.detach() for b in model.layers], model.norm.weight.detach(),
+                            mats, embedding, scales, group, model.rope_cos, model.rope_sin)
+
+    def _torch_weights(self, matrices: dict[str, list]) -> None:
+        from nonllama.quantize import dequantize_int8
+
+        def weight(pair) -> torch.Tensor:  # (out, in), as the kernel would compute with it
+            w, quantized = pair
+            return dequantize_int8(*quantized, self.group_size).to(w.dtype) if quantized else w
+
+        self.layers = [(
+            block.attention_norm,
+            weight(qkv).t().contiguous(),
+            weight(o).t().contiguous(),
+            block.ffn_norm,
+            torch.cat([weight(gate_up[0]), weight(gate_up[1])]).t().contiguous(),
+            weight(down).t().contiguous(),
+        ) for block, qkv, o, gate_up, down in zip(self.model.layers, matrices["qkv"], matrices["o"],
+                                                  matrices["gate_up"], matrices["down"], strict=True)]
+        self.embedding = weight(matrices["embedding"])
+        self.output = weight(matrices["head"]).t().contiguous()
+
+    _last: tuple | None = None  # (weakref to a model, the state of its weights, {variant: decoder}): `cached`'s memory
+
+    @classmethod
+    def cached(cls, model: Llama, quantize: str = "none") -> Decoder:
+        """A Decoder of `model`, reused while its weights stay the same tensors, unmodified. One
+        model is remembered (the last one asked for), with a decoder per `quantize` and per
+        NONLLAMA_KERNELS setting."""
+        from nonllama import kernels
+
+        try:
+            state = (model.rope_cos.device, model.rope_cos.dtype,
+                     tuple((id(p), p.data_ptr(), p._version) for p in model.parameters()))
+        except RuntimeError:  # inference tensors keep no version: no way to tell, build a new one
+            return cls(model, quantize)
+        variant = (quantize or "none", kernels.enabled())
+        last = cls._last
+        if last is None or last[0]() is not model or last[1] != state:
+            last = cls._last = (weakref.ref(model), state, {})
+        if variant not in last[2]:
+            last[2][variant] = cls(model, quantize)
+        return last[2][variant]
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits from the normalised last hidden states (..., dim)."""
+        """Logits from the normalised last hidden states (batch, dim)."""
+        if self.kernel is not None:
+            return self.kernel.head(features)
         return features @ self.output
 
     def step(self, tokens: torch.Tensor, cache: KVCache, position: int) -> torch.Tensor:
         """Logits (batch, vocab) after `tokens` (batch, 1) at `position`; the cache holds the
         positions before it and gains this one."""
+        if self.kernel is not None:
+            return self.kernel.step(tokens, position, cache.keys, cache.values)
         c = self.model.config
         batch, heads, kv_heads = tokens.shape[0], c.n_heads, c.n_kv_heads
-        x = self.model.tok_embeddings(tokens[:, 0])  # (batch, dim)
+        x = F.embedding(tokens[:, 0], self.embedding)  # (batch, dim)
         cos, sin = self.model.rope_cos[position], self.model.rope_sin[position]
         for layer, (attention_norm, wqkv, wo, ffn_norm, w13, w2) in enumerate(self.layers):
             qkv = (_rms_norm(x, attention_norm) @ wqkv).view(batch, heads + 2 * kv_heads, c.head_dim)

@@ -26,7 +26,14 @@ import polars as pl
 from nonllama import __version__
 from nonllama.pipeline import stages
 from nonllama.pipeline.io import atomic_path, atomic_write_text, list_parts, read_manifest
-from nonllama.train.metrics import SAMPLES_NAME, last_metrics, loss_figure, pyplot, read_metrics
+from nonllama.train.metrics import (
+    SAMPLES_NAME,
+    last_metrics,
+    loss_figure,
+    pyplot,
+    read_metrics,
+    speed_metrics,
+)
 
 # (directory under the workdir, stage name): the document stages, in funnel order
 DOCUMENT_STAGES = [(s.directory, s.name) for s in stages.FUNNEL if s.documents]
@@ -389,10 +396,12 @@ def run_section(run: Path) -> Section:
     if not train:
         section.add(Text("No metrics yet."))
         return section
-    section.add(Table(["metric", "last value"], [list(row) for row in last_metrics(records, speed=False)]))
+    section.add(Table(["metric", "last value"], [list(row) for row in last_metrics(records, speed=False)]
+                      + [list(row) for row in speed_metrics(records)]))
 
     fig = loss_figure(records)
-    section.add(Figure(_png(fig), f"{run.name}-loss.png", "train and validation loss against tokens"))
+    section.add(Figure(_png(fig), f"{run.name}-loss.png", "train and validation loss against tokens"
+                       + (", model FLOPs utilization per step below" if any("mfu" in r for r in train) else "")))
     fig, (lr_ax, norm_ax) = pyplot().subplots(1, 2, figsize=(9, 3))
     steps = [r["step"] for r in train]
     lr_ax.plot(steps, [r["lr"] for r in train])

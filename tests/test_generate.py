@@ -157,7 +157,7 @@ class ScriptedModel:
         self.rope_cos = torch.zeros(1)
         self.prompts: list[list[int]] = []
 
-    def stream(self, tokens, max_new_tokens, *args):
+    def stream(self, tokens, max_new_tokens, *args, **kwargs):
         self.prompts.append(tokens[0].tolist())
         for i in self.ids[:min(max_new_tokens, self.config.max_seq_len - tokens.shape[1])]:
             yield torch.tensor([[i]])
@@ -227,7 +227,9 @@ def test_generate_command(cli, run_dir: Path, tmp_path: Path) -> None:
     prompts.write_text("Tom\nThe dog\n")
     both = cli("generate", "-", "--file", prompts, "--run", run_dir, "--num-samples", "2", "--max-new-tokens", "4",
                input="A cat\n")
-    assert both.stderr.count("tokens/s") == 6 and "prompt 3/3, sample 2/2" in both.stderr
+    # the two samples of a prompt are one batch: one summary each, one tokens/s per batch
+    assert both.stderr.count("tokens; stopped at") == 6 and both.stderr.count("tokens/s") == 3
+    assert "prompt 3/3, sample 2/2" in both.stderr
     lines = both.stdout.splitlines()
     assert [line.split(" ")[0] for line in lines if line][:1] == ["A"]
 

@@ -11,8 +11,10 @@ import pytest
 from nonllama.pipeline.executors import torch_threads
 
 VOCAB = 64
+# fp32: runs compare losses across runs and processes to float32 rounding, and bf16 autocast
+# (--dtype auto on a CPU with AVX-512 BF16) makes steps this small 2x slower, not faster
 TINY = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "8", "--lr", "3e-3", "--warmup", "5",
-        "--eval-batches", "4"]
+        "--eval-batches", "4", "--dtype", "fp32"]
 
 
 def write_corpus(packed: Path, seed: int = 0, vocab: int = VOCAB, tokenizer: Path | None = None) -> np.ndarray:

@@ -58,8 +58,9 @@ class TrainConfig:
     eval_batches: int = 20
     save_every: int = 500
     keep: int = 3
-    dtype: str = "auto"
-    compile: bool = False
+    dtype: str = "auto"  # bf16 where the device computes in it natively (see train.perf.native_bf16), else fp32
+    compile: bool | None = None  # None: auto, compiled once the first steps show that it pays (train.perf)
+    peak_flops: float | None = None  # one device's peak FLOP/s in the dtype, for MFU (default: known GPUs, measured CPUs)
     seed: int = 1337
     max_bad_steps: int = 5  # steps in a row with a non-finite loss or gradient norm that stop the run
     stop_at: int | None = None  # stop (with a checkpoint) at this step; the schedule still spans max_steps
@@ -91,6 +92,8 @@ class TrainConfig:
         for name in ("warmup", "weight_decay", "clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{option(name)} must not be negative, got {getattr(self, name)}")
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            raise ValueError(f"--peak-flops must be positive, got {self.peak_flops}")
         if not 0 < self.decay_frac <= 1:
             raise ValueError(f"--decay-frac must lie in (0, 1], got {self.decay_frac}")
         self.model_config(vocab_size=2).check()

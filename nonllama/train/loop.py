@@ -14,6 +14,13 @@ forward), so N processes equal one with --grad-accum N here too.
 
 Under `torch.distributed.run` (RANK, WORLD_SIZE, LOCAL_RANK set) the model is wrapped in
 DistributedDataParallel, NCCL on GPUs, gloo on CPU; rank 0 alone writes files and prints.
+
+Speed (nonllama.train.perf): bf16 autocast where the device computes in it natively
+(`--dtype auto`); torch.compile from the start with --compile, or with `--compile auto` (the
+default) from the third step on when the steps left, at the second step's time, would save
+more than compiling costs; one host synchronisation per step (the loss and the gradient norm
+read together; fp16's grad scaler adds its own); the next step's batches read and copied to
+the GPU while the current step computes; MFU logged with every step.
 """
 
 from __future__ import annotations
@@ -58,6 +65,14 @@ from nonllama.train.config import TrainConfig, to_toml
 from nonllama.train.data import IGNORE_INDEX, PackedData, open_data
 from nonllama.train.launch import LAUNCHED_ENV
 from nonllama.train.metrics import METRICS_NAME, PLOT_NAME, SAMPLES_NAME, plot_losses
+from nonllama.train.perf import (
+    COMPILE_DECIDE_AFTER,
+    Peak,
+    compile_pays,
+    device_peak,
+    flops_per_token,
+    native_bf16,
+)
 
 
 @dataclass
@@ -90,9 +105,9 @@ def setup_distributed() -> Distributed:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """--dtype: "auto" is bf16 where the device computes in it natively (`native_bf16`), else fp32."""
     if name == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float32
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
@@ -124,7 +139,7 @@ def prepare_run(config: TrainConfig, resume: bool) -> Path | None:
 
 
 # Options that may change between invocations of one run without making it another run.
-RUN_CONTROL = ("stop_at", "keep", "data", "out")
+RUN_CONTROL = ("stop_at", "keep", "data", "out", "compile", "peak_flops")
 # What a run directory holds besides config.toml: all of it belongs to one run.
 RUN_OUTPUTS = (CHECKPOINT_DIR, METRICS_NAME, PLOT_NAME, "tensorboard", SAMPLES_NAME)
 
@@ -258,6 +273,8 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
         raise StageError(f"{checkpoint} was trained on tokens of another tokenizer than {data.dir}: "
                          f"digest {state.get('tokenizer_digest')} vs {data.tokenizer_digest}")
     device, dtype = ranks.device, resolve_dtype(config.dtype, ranks.device)
+    if device.type == "cuda":  # float32 matrix products on TF32 tensor cores
+        torch.set_float32_matmul_precision("high")
     total_steps = config.total_steps(ranks.world_size)
     stop = min(total_steps, config.stop_at or total_steps)
     tokens_per_step = config.tokens_per_step(ranks.world_size)
@@ -286,16 +303,21 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
         step, tokens_seen = state["step"], state["tokens_seen"]
         skipped, bad_streak = state["skipped_steps"], state["bad_streak"]
         del state
-    compiled = torch.compile(model) if config.compile else model
-    trained = compiled
+    steps = TrainingSteps(model)
+    if config.compile:
+        steps.compile()
+    trained = steps
     if ranks.world_size > 1:
+        # the rotary tables are the only buffers, the same on every rank: nothing to broadcast
         trained = torch.nn.parallel.DistributedDataParallel(
-            compiled, device_ids=[ranks.local_rank] if device.type == "cuda" else None)
+            steps, device_ids=[ranks.local_rank] if device.type == "cuda" else None, broadcast_buffers=False)
     can_eval = data.can_eval(config.seq_len)
+    flops_per_step = flops_per_token(model_config, config.seq_len) * tokens_per_step
+    peak = device_peak(device, dtype, config.peak_flops) if ranks.is_main else None
 
     log = RunLog(out, config, resumed_at=step if checkpoint is not None else None, enabled=ranks.is_main)
     if ranks.is_main:
-        log.start(data, model.num_params(), dtype, ranks, total_steps, console)
+        log.start(data, model.num_params(), dtype, ranks, total_steps, console, peak)
         if not can_eval:
             console.print(f"[yellow]warning:[/] {data.no_eval_warning(config.seq_len)}", highlight=False)
 
@@ -304,7 +326,7 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "step": step, "tokens_seen": tokens_seen, "skipped_steps": skipped, "bad_streak": bad_streak,
-            "rng": rng_state(), "sampler": sampler.state_dict(),
+            "rng": rng_state(), "sampler": sampler_state,
             "config": config.to_dict(), "model_config": asdict(model_config),
             "tokenizer_digest": data.tokenizer_digest, "data_digest": data.digest,
             "world_size": ranks.world_size, "version": __version__,
@@ -319,6 +341,10 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
 
     last: dict = {}
     saved_at = step if checkpoint is not None else -1
+    # the sampler where the steps done so far leave it (a checkpoint's), before the batches read ahead
+    sampler_state = sampler.state_dict()
+    ahead: list[tuple[torch.Tensor, torch.Tensor]] = []
+    first_step = step
     with log.progress(total_steps, step, console) as advance:
         while step < stop:
             started = time.perf_counter()
@@ -326,37 +352,41 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
             lr = lr_at(step, config, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            batches = ahead or step_batches(data, sampler, config, ranks)
+            sampler_state = sampler.state_dict()
             loss_sum = torch.zeros((), device=device)
-            # masked data: the step's micro-batches read first, to weigh each by its counted targets
-            masked = [next_batch(data, sampler, config, ranks) for _ in range(config.grad_accum)] if data.masked else []
-            counted, step_counted = counted_targets(masked, ranks)
-            for micro in range(config.grad_accum):
-                x, y = masked[micro] if masked else next_batch(data, sampler, config, ranks)
+            # masked data: each micro-batch weighed by its share of the step's counted targets
+            counted, step_counted = counted_targets(batches, ranks) if data.masked else (None, None)
+            for micro, (x, y) in enumerate(batches):
                 # gradients are averaged over ranks only once, after the last micro-batch
                 last_micro = micro == config.grad_accum - 1
                 sync = nullcontext() if ranks.world_size == 1 or last_micro else trained.no_sync()
                 with sync:
                     with autocast(device, dtype):
                         _, loss = trained(x, y)
-                    if masked:  # DDP averages over ranks: world_size undoes that
+                    if counted is not None:  # DDP averages over ranks: world_size undoes that
                         scaler.scale(loss * (counted[micro] * ranks.world_size / step_counted)).backward()
                     else:
                         scaler.scale(loss / config.grad_accum).backward()
-                loss_sum += loss.detach() * counted[micro] if masked else loss.detach()
+                loss_sum += loss.detach() * counted[micro] if counted is not None else loss.detach()
             if ranks.world_size > 1:
                 dist.all_reduce(loss_sum)
-            if masked:
-                loss_value = loss_sum.item() / step_counted
+            loss_mean = loss_sum / (step_counted if counted is not None else config.grad_accum * ranks.world_size)
+            scaler.unscale_(optimizer)
+            # the gradients are all-reduced already: every rank gets the same norm, and so takes
+            # the same decision below
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip or math.inf)
+            # the next step's batches, read (and on a GPU copied) while this one computes
+            ahead = step_batches(data, sampler, config, ranks) if step + 1 < stop else []
+            # the step's one host synchronisation: the loss and the gradient norm together
+            loss_value, grad_norm = torch.stack([loss_mean.float(), norm.float()]).tolist()
+            problem, scaler_overflow = "", False
+            if not math.isfinite(loss_value):
+                grad_norm, problem = math.nan, f"loss {loss_value}"
+                if scaler.is_enabled():  # fp16: forget this step's gradients, keep the scale
+                    scaler.update(scaler.get_scale())
             else:
-                loss_value = loss_sum.item() / (config.grad_accum * ranks.world_size)
-            grad_norm, problem, scaler_overflow = math.nan, f"loss {loss_value}", False
-            if math.isfinite(loss_value):
-                scaler.unscale_(optimizer)
-                # the gradients are all-reduced already: every rank gets the same norm, and so
-                # takes the same decision below
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip or math.inf).item()
                 if math.isfinite(grad_norm):
-                    problem = ""
                     scaler.step(optimizer)
                 else:
                     problem = f"gradient norm {grad_norm}"
@@ -382,8 +412,12 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
             elapsed = time.perf_counter() - started
             last = {"step": step, "tokens": tokens_seen, "loss": loss_value, "lr": lr,
                     "grad_norm": grad_norm, "skipped": skipped, "tokens_per_s": tokens_per_step / elapsed}
+            if peak is not None:
+                last["mfu"] = flops_per_step / elapsed / (peak.flops * ranks.world_size)
             log.train(last)
             advance(last)
+            if config.compile is None and step - first_step == COMPILE_DECIDE_AFTER and step < stop:
+                decide_compile(steps, stop - step, elapsed, dtype, ranks, console)
             # on the schedule or at the very end, not at --stop-at: a stopped-and-resumed run
             # logs exactly what the straight run logs
             if can_eval and (step % config.eval_every == 0 or step == total_steps):
@@ -399,22 +433,53 @@ def _train(config: TrainConfig, resume: bool, ranks: Distributed, console: Conso
             "checkpoint": str(latest_checkpoint(out)) if ranks.is_main else None, "out": str(out)}
 
 
-def next_batch(data: PackedData, sampler, config: TrainConfig, ranks: Distributed) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's inputs and targets for the next micro-step."""
-    return data.batch("train", sampler.next_starts(config.batch_size, ranks.rank, ranks.world_size),
-                      config.seq_len, ranks.device)
+def step_batches(data: PackedData, sampler, config: TrainConfig, ranks: Distributed) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's inputs and targets for each micro-step of the next step (on a GPU, copies
+    that overlap whatever the GPU is still computing: see data.get_batch)."""
+    return [data.batch("train", sampler.next_starts(config.batch_size, ranks.rank, ranks.world_size),
+                       config.seq_len, ranks.device) for _ in range(config.grad_accum)]
 
 
-def counted_targets(batches: list[tuple[torch.Tensor, torch.Tensor]], ranks: Distributed) -> tuple[list[int], int]:
+def counted_targets(batches: list[tuple[torch.Tensor, torch.Tensor]], ranks: Distributed) -> tuple[torch.Tensor, torch.Tensor]:
     """(the counted targets of each of this rank's micro-batches, those of the whole step on
-    every rank); ([], 0) for unmasked data."""
-    if not batches:
-        return [], 0
-    counted = [int((y != IGNORE_INDEX).sum()) for _, y in batches]
-    total = torch.tensor(sum(counted), dtype=torch.int64, device=ranks.device)
+    every rank), as tensors on the device: read by no one on the host."""
+    counted = torch.stack([(y != IGNORE_INDEX).sum() for _, y in batches])
+    total = counted.sum()
     if ranks.world_size > 1:
         dist.all_reduce(total)
-    return counted, int(total)
+    return counted, total
+
+
+class TrainingSteps(torch.nn.Module):
+    """What the training micro-steps call (and DDP wraps): the model, eager or, once `compile()`
+    has run, through torch.compile; so compiling in the middle of a run needs no new DDP. The
+    model's evaluation calls it directly, eagerly (another graph would be another compile)."""
+
+    def __init__(self, model: Llama):
+        super().__init__()
+        self.model = model
+        self.compiled: Callable | None = None
+
+    def compile(self) -> None:
+        # not a submodule: its parameters are the model's, and DDP would list them twice
+        self.__dict__["compiled"] = torch.compile(self.model)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        return (self.model if self.compiled is None else self.compiled)(x, y)
+
+
+def decide_compile(steps: TrainingSteps, remaining: int, step_seconds: float, dtype: torch.dtype,
+                   ranks: Distributed, console: Console) -> None:
+    """`--compile auto`, after the first steps: compile when the steps left would save more time
+    than compiling costs (`compile_pays`); every rank follows rank 0's timing."""
+    decision = torch.tensor([float(compile_pays(remaining, step_seconds, dtype))], device=ranks.device)
+    if ranks.world_size > 1:
+        dist.broadcast(decision, 0)
+    if decision.item():
+        if ranks.is_main:
+            console.print(f"[bold]train[/]: compiling the model (--compile auto: {remaining:,} steps left at "
+                          f"{step_seconds:.2f} s each): the next step waits for it", highlight=False)
+        steps.compile()
 
 
 class RunLog:
@@ -444,7 +509,7 @@ class RunLog:
             pass
 
     def start(self, data: PackedData, n_params: int, dtype: torch.dtype, ranks: Distributed,
-              total_steps: int, console: Console) -> None:
+              total_steps: int, console: Console, peak: Peak | None = None) -> None:
         atomic_write_text(self.out / "config.toml", to_toml(self.config))
         # the tokenizer the pack manifest names, copied beside the checkpoints: the run directory
         # alone is enough to generate from and export
@@ -459,6 +524,10 @@ class RunLog:
             f"{data.describe()}, {ranks.world_size} process(es) on {ranks.device.type}, "
             f"{str(dtype).removeprefix('torch.')}, {self.config.tokens_per_step(ranks.world_size):,} tokens/step, "
             f"{total_steps:,} steps -> {self.out}", highlight=False)
+        compiling = {True: "on", False: "off", None: "auto (decided after the first steps)"}[self.config.compile]
+        mfu = (f"MFU against {peak.flops / 1e12:,.3g} TFLOP/s per {ranks.device.type} ({peak.source})" if peak
+               else "MFU not logged: no peak known for this GPU, give --peak-flops")
+        console.print(f"[bold]train[/] compile {compiling}; {mfu}", highlight=False)
 
     def _write(self, record: dict) -> None:
         self._file.write(json.dumps(record) + "\n")
@@ -469,8 +538,9 @@ class RunLog:
             return
         self._write({"split": "train", **record})
         if self.tensorboard is not None:
-            for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                self.tensorboard.add_scalar(f"train/{key}", record[key], record["step"])
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+                if key in record:
+                    self.tensorboard.add_scalar(f"train/{key}", record[key], record["step"])
 
     def eval(self, record: dict) -> None:
         if not self.enabled:
@@ -491,8 +561,9 @@ class RunLog:
         task = progress.add_task("train", total=total, completed=done, status="")
 
         def advance(record: dict) -> None:
+            mfu = f"  MFU {record['mfu']:.1%}" if "mfu" in record else ""
             progress.update(task, completed=record["step"], status=(
-                f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"))
+                f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s{mfu}"))
 
         with progress:
             yield advance

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,24 @@ def last_metrics(records: list[dict], speed: bool = True) -> list[tuple[str, str
                  ("train loss", f"{train['loss']:.4f}"), ("skipped steps", f"{train.get('skipped', 0):,}")]
         if speed:
             rows.append(("tokens/s (last step)", f"{train['tokens_per_s']:,.0f}"))
+            if "mfu" in train:
+                rows.append(("MFU (last step)", f"{train['mfu']:.1%}"))
     if val:
         rows += [("val loss", f"{val['val_loss']:.4f}"), ("val perplexity", f"{val['val_ppl']:.2f}"),
                  ("val top-1 / top-5", f"{val['val_top1']:.1%} / {val['val_top5']:.1%}")]
+    return rows
+
+
+def speed_metrics(records: list[dict]) -> list[tuple[str, str]]:
+    """(metric, value) of the training speed over the run: the median tokens/s and model FLOPs
+    utilization of its steps (the median: a step that compiled or evaluated does not move it)."""
+    train = [r for r in records if r["split"] == "train"]
+    rows: list[tuple[str, str]] = []
+    if train:
+        rows.append(("tokens/s (median of steps)", f"{statistics.median(r['tokens_per_s'] for r in train):,.0f}"))
+    mfu = [r["mfu"] for r in train if "mfu" in r]
+    if mfu:
+        rows.append(("MFU (median of steps)", f"{statistics.median(mfu):.1%}"))
     return rows
 
 
@@ -52,16 +68,26 @@ def pyplot() -> Any:
 
 
 def loss_figure(records: list[dict]) -> Any:
-    """Train and validation loss against tokens seen."""
+    """Train and validation loss against tokens seen; below, in a smaller plot, the model FLOPs
+    utilization of each step when the run logged it."""
     plt = pyplot()
     train = [(r["tokens"], r["loss"]) for r in records if r["split"] == "train"]
     val = [(r["tokens"], r["val_loss"]) for r in records if r["split"] == "val"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    mfu = [(r["tokens"], 100 * r["mfu"]) for r in records if r["split"] == "train" and "mfu" in r]
+    if mfu:
+        fig, (ax, mfu_ax) = plt.subplots(2, 1, figsize=(7, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        mfu_ax.plot(*zip(*mfu, strict=True), linewidth=1, color="tab:green")
+        mfu_ax.set_ylabel("MFU %")
+        mfu_ax.set_ylim(bottom=0)
+        mfu_ax.set_xlabel("tokens")
+        mfu_ax.grid(alpha=0.3)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.set_xlabel("tokens")
     if train:
         ax.plot(*zip(*train, strict=True), label="train", linewidth=1)
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="val", markersize=3)
-    ax.set_xlabel("tokens")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
