@@ -419,8 +419,9 @@ def decode_threads(model: Llama, device: torch.device | str) -> int:
     pieces of work bound by memory bandwidth, and threads meet at a barrier between each (36 per
     token for the 15m preset in the C++ kernel): when another process keeps a core busy, every
     barrier waits for a thread the scheduler has parked, and two threads of a 2-core machine
-    fall to a tenth of one thread's speed or less (the 15m preset with others' training running:
-    ~450 tokens/s on one thread, 40-80 on two; llama2.c's run.c likewise, 360 and 12-19)."""
+    fall well below one thread's speed (the 15m preset, float32, on a 2-core machine running
+    others' training: 450-890 tokens/s on one thread, 80-250 on two; llama2.c's run.c likewise,
+    360-550 and 10-50)."""
     if torch.device(device).type != "cpu" or model.num_params() >= SMALL_MODEL_PARAMS:
         return torch.get_num_threads()
     return 1

@@ -48,7 +48,7 @@ def sft(
     save_every: Annotated[int | None, _opt("--save-every", help="Checkpoint every this many steps (and at the end).", default=SFT_DEFAULTS["save_every"])] = None,
     keep: Annotated[int | None, _opt("--keep", help="Checkpoints kept (the latest).", default=D.keep)] = None,
     dtype: Annotated[str | None, _opt("--dtype", help="auto, fp32, bf16, fp16.", default=D.dtype)] = None,
-    compile: Annotated[bool | None, _opt("--compile/--no-compile", help="torch.compile the model.", default=D.compile)] = None,
+    compile: Annotated[bool | None, _opt("--compile/--no-compile", help="torch.compile the model; neither: compiled after two steps when the rest of the run saves more than compiling costs.", default="auto")] = None,
     seed: Annotated[int | None, _opt("--seed", help="Seeds the window order, the held-out split and the packing.", default=D.seed)] = None,
     max_bad_steps: Annotated[int | None, _opt("--max-bad-steps", help="Non-finite steps in a row that stop the run.", default=D.max_bad_steps)] = None,
     stop_at: Annotated[int | None, _opt("--stop-at", help="Stop at this step with a checkpoint; --resume continues.")] = None,

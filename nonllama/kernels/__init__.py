@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,6 +88,14 @@ def _build_lock(directory: Path | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _find_ninja() -> None:
+    """torch's builder runs `ninja` from PATH; the one `pip install ninja` put beside this Python
+    is not on it when the environment was not activated (`.venv/bin/nonllama ...`)."""
+    beside = Path(sys.executable).parent
+    if shutil.which("ninja") is None and shutil.which("ninja", path=str(beside)) is not None:
+        os.environ["PATH"] = str(beside) + os.pathsep + os.environ.get("PATH", "")
+
+
 def _cause(error: BaseException) -> str:
     """The line of a build error that says what went wrong (the compiler's first error)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -107,6 +116,7 @@ def load() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load as build
 
+        _find_ninja()
         name = build_name()
         directory = _build_directory(name)
         if directory is not None and not any(directory.glob(f"{name}*.so")) and not any(directory.glob(f"{name}*.pyd")):
