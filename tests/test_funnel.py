@@ -50,7 +50,7 @@ def outputs(work: Path) -> dict:
     checkpoints = sorted((run / "checkpoints").glob("step-*.pt"))
     result["checkpoint"] = checkpoints[-1].name
     result["weights"] = torch.load(checkpoints[-1], weights_only=True)["model"]
-    result["metrics"] = [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"}
+    result["metrics"] = [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "mfu")}
                          for line in (run / "metrics.jsonl").read_text().splitlines()]
     result["samples"] = [s["completion"] for s in json.loads((run / "samples.json").read_text())["samples"]]
     return result

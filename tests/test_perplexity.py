@@ -57,7 +57,7 @@ def ref_run(tmp_path_factory) -> Path:
     write_packed(work / "packed", {"train": [tokens], "val": [tokens[:4000]]}, processor.vocab_size(), tokenizer=model)
     with torch_threads(1):
         invoker()("train", "--workdir", work, "--preset", "tiny", "--seq-len", "64", "--batch-size", "16",
-                  "--lr", "1e-2", "--warmup", "10", "--max-steps", "400", "--eval-every", "1000",
+                  "--lr", "1e-2", "--dtype", "fp32", "--warmup", "10", "--max-steps", "400", "--eval-every", "1000",
                   "--eval-batches", "2", "--save-every", "1000", "--name", "ref")
     return work / "runs" / "ref"
 
