@@ -54,6 +54,16 @@ def timed_loop(args: argparse.Namespace, step: Callable[[torch.Tensor], None]) -
     return statistics.median(rates[args.warmup_steps:])
 
 
+def backward_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """A bare training step after the forward pass, the same for both baselines: backward, clip
+    at 1.0, AdamW, and the loss read back (as any loop that logs it syncs once per step)."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss.item()
+
+
 def baseline(args: argparse.Namespace) -> float:
     torch.manual_seed(0)
     model = Llama(preset_config(args.preset, vocab_size=args.vocab, max_seq_len=args.seq_len))
@@ -61,11 +71,7 @@ def baseline(args: argparse.Namespace) -> float:
 
     def step(tokens: torch.Tensor) -> None:
         _, loss = model(tokens[:, :-1], tokens[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss.item()
+        backward_and_step(model, optimizer, loss)
 
     return timed_loop(args, step)
 
@@ -86,12 +92,7 @@ def llama2c(args: argparse.Namespace) -> float:
 
     def step(tokens: torch.Tensor) -> None:
         model(tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())  # as its data loader gives them
-        loss = model.last_loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss.item()
+        backward_and_step(model, optimizer, model.last_loss)
 
     return timed_loop(args, step)
 
